@@ -1,0 +1,157 @@
+"""mla_moe.py: the generic model checks, Multi-head Latent Attention against references written
+here, the latent cache, gradient checkpointing, multi-token prediction and the MoE layer."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+import mla_moe
+from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
+                          check_kv_cache_matches_recompute, check_overfits_one_batch)
+
+VOCAB = 50
+TINY = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, kv_lora_rank=12, qk_nope_head_dim=8,
+            qk_rope_head_dim=4, v_head_dim=6, ffn_hidden=48)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return mla_moe.MLAMoE(mla_moe.MLAMoEConfig(**{**TINY, **kw}))
+
+
+def test_every_parameter_gets_gradient():
+    check_every_parameter_gets_gradient(tiny(q_lora_rank=10, mtp=True), VOCAB)
+
+
+def test_causality():
+    check_causality(tiny(), VOCAB)
+    check_causality(tiny(q_lora_rank=10), VOCAB)
+
+
+def test_kv_cache_greedy_equals_recompute_past_the_context():
+    check_kv_cache_matches_recompute(tiny(), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
+
+
+def test_cached_logits_equal_full_forward():
+    check_cached_logits_match(tiny(q_lora_rank=10), VOCAB)
+
+
+def test_overfits_one_batch():
+    check_overfits_one_batch(tiny(), VOCAB)
+
+
+def reference_mla(attn, h):
+    """DeepSeek-V2 eqs. (9)-(19) head by head, position by position, with plain tensor ops."""
+    B, T, C = h.shape
+    nh, dn, dr, dv = attn.n_head, attn.nope_dim, attn.rope_dim, attn.v_dim
+    c_q = attn.q_norm(h @ attn.q_down.weight.T) if hasattr(attn, "q_down") else h
+    c_kv = attn.kv_norm(h @ attn.kv_down.weight.T)  # (9)
+    k_rope = h @ attn.k_rope.weight.T  # W^KR h, before RoPE
+    q_rope = (c_q @ attn.q_rope.weight.T).view(B, T, nh, dr)
+    q_nope = (c_q @ attn.q_up.weight.T).view(B, T, nh, dn)  # (13)
+    k_nope = (c_kv @ attn.k_up.weight.T).view(B, T, nh, dn)  # (10)
+    v = (c_kv @ attn.v_up.weight.T).view(B, T, nh, dv)  # (11)
+
+    def rope(x, pos):  # rotate consecutive pairs (x_2i, x_2i+1) by pos * theta^(-2i/d)
+        d = x.size(-1)
+        angle = pos * attn_theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()], -1).flatten(-2)
+
+    attn_theta = 10000.0
+    out = torch.zeros(B, T, nh * dv)
+    for b in range(B):
+        for head in range(nh):
+            for t in range(T):
+                q = torch.cat([q_nope[b, t, head], rope(q_rope[b, t, head], t)])  # (14), (16)
+                scores = torch.stack([q @ torch.cat([k_nope[b, s, head], rope(k_rope[b, s], s)])  # (15), (17)
+                                      for s in range(t + 1)]) / math.sqrt(dn + dr)
+                out[b, t, head * dv:(head + 1) * dv] = F.softmax(scores, dim=0) @ v[b, :t + 1, head]  # (18)
+    return out @ attn.c_proj.weight.T  # (19)
+
+
+def test_expanded_and_absorbed_attention_equal_the_equations_on_random_weights():
+    for q_lora_rank in (0, 10):
+        torch.manual_seed(1)
+        attn = tiny(q_lora_rank=q_lora_rank).h[0].attn
+        for p in attn.parameters():  # random weights, not the init's: norms and all projections matter
+            p.data.normal_(0.0, 0.5)
+        h = torch.randn(2, 9, 32)
+        expected = reference_mla(attn, h)
+        with torch.no_grad():
+            expanded = attn(h)  # training path: per-head keys and values, then SDPA
+            cache = mla_moe.LatentKVCache(2, 16, 12, 4, h.device, h.dtype)
+            absorbed = torch.cat([attn(h[:, :4], cache), attn(h[:, 4:5], cache), attn(h[:, 5:], cache)], dim=1)
+        assert torch.allclose(expanded, expected, atol=1e-4), (expanded - expected).abs().max()
+        assert torch.allclose(absorbed, expected, atol=1e-4), (absorbed - expected).abs().max()
+
+
+def test_absorbed_model_logits_equal_naive_expanded_logits():
+    model = tiny(q_lora_rank=10)
+    torch.manual_seed(2)
+    for p in model.parameters():
+        p.data.normal_(0.0, 0.2)
+    idx = torch.randint(0, VOCAB, (2, 16))
+    with torch.no_grad():
+        expanded, _ = model(idx)
+        absorbed, _ = model(idx, cache=model.new_cache(2))
+    assert torch.allclose(absorbed, expanded, atol=1e-4)
+
+
+def test_cache_holds_latent_plus_shared_rope_key_per_token_per_layer():
+    model = tiny()
+    cache = model.new_cache(3)
+    assert len(cache) == 2  # one per layer
+    for layer in cache:
+        tensors = [v for v in vars(layer).values() if torch.is_tensor(v)]
+        per_token = sum(t.numel() for t in tensors) // (3 * 16)
+        assert per_token == 12 + 4  # kv_lora_rank + qk_rope_head_dim, whatever n_head
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (3, 5)), cache=cache)
+    assert cache[1].pos == 5 and cache[1].c_kv[:, :5].abs().sum() > 0 and cache[1].c_kv[:, 5:].abs().sum() == 0
+
+
+def test_cache_table_default_config_is_at_most_a_quarter_of_mha():
+    table = mla_moe.cache_size_table(mla_moe.MLAMoEConfig())
+    mha = next(line for line in table.splitlines() if line.startswith("MHA")).split()
+    mla = next(line for line in table.splitlines() if line.startswith("MLA")).split()
+    assert int(mha[1]) == 2 * 768 and int(mla[-4]) == 256 + 32
+    assert float(mla[-1]) <= 0.25
+
+
+def test_checkpointed_blocks_give_identical_gradients():
+    grads = []
+    for flag in (False, True):
+        model = tiny(grad_checkpointing=flag, mtp=True)
+        model.train()
+        torch.manual_seed(3)
+        idx, targets = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
+        _, loss = model(idx, targets)
+        loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+
+
+def test_mtp_term_appears_only_when_enabled():
+    idx, targets = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
+    plain = tiny()
+    _, loss = plain(idx, targets)
+    assert "mtp_loss" not in plain.moe_stats() and plain.mtp is None
+    assert not any(name.startswith("mtp.") for name in plain.state_dict())
+    model = tiny(mtp=True, mtp_weight=0.5)
+    model.load_state_dict(plain.state_dict(), strict=False)  # the same main model, plus the MTP module
+    logits, loss_mtp = model(idx, targets)
+    stats = model.moe_stats()
+    assert stats["mtp_loss"] > 0
+    assert math.isclose(loss_mtp.item(), loss.item() + 0.5 * stats["mtp_loss"], rel_tol=1e-5)
+    # the MTP term is the cross-entropy of token i+2 given h_i and token i+1, written out here
+    with torch.no_grad():
+        h = model.wte(idx)
+        for block in model.h:
+            h = block(h)
+        x = model.mtp.proj(torch.cat([model.mtp.hidden_norm(h[:, :-1]), model.mtp.embed_norm(model.wte(targets[:, :-1]))], -1))
+        expected = F.cross_entropy(model.lm_head(model.mtp.norm(model.mtp.block(x))).flatten(0, 1), targets[:, 1:].flatten())
+    assert math.isclose(stats["mtp_loss"], expected.item(), rel_tol=1e-5)
+    assert torch.equal(model.generate(idx[:, :3], 5, temperature=0), plain.generate(idx[:, :3], 5, temperature=0))
