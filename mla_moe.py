@@ -65,7 +65,7 @@ class MLAMoEConfig:
     qk_nope_head_dim: int = 64  # per-head query/key part without position (up-projected from c_KV)
     qk_rope_head_dim: int = 32  # decoupled RoPE part: per-head queries, one key shared by all heads
     v_head_dim: int = 64  # per-head value size
-    rope_theta: float = 10000.0  # RoPE base
+    rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
     # feed-forward: the first dense layer(s) and DeepSeekMoE (V3-style) everywhere else
     ffn_hidden: int = 2048  # SwiGLU hidden size of the dense layers
     first_dense_layers: int = 1  # this many first blocks keep a dense SwiGLU (V3: 3 of 61)
@@ -73,7 +73,8 @@ class MLAMoEConfig:
     mtp: bool = False  # multi-token prediction (V3 §2.2, depth 1): also predict the token after next
     mtp_weight: float = 0.3  # lambda of V3 eq. 25, the MTP loss's weight in the total
     grad_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
-    dropout: float = 0.0
+    norm_eps: float = 1e-5  # added to the mean square in RMSNorm
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches
 
 
 PRESETS = {
@@ -84,51 +85,64 @@ PRESETS = {
                 qk_rope_head_dim=16, v_head_dim=32, ffn_hidden=512),
 }
 
-# ----------------------------------------------------------------------------- building blocks (TEMP until modern_gpt.py lands)
+# ----------------------------------------------------------------------------- building blocks
 
 class RMSNorm(nn.Module):
-    """TEMP"""
+    """x / sqrt(mean(x^2) + eps) * gain (Zhang & Sennrich 2019, arXiv 1910.07467, eq. 4):
+    LayerNorm without the mean subtraction and the bias. Computed in float32."""
 
-    def __init__(self, dim, eps=1e-6):
+    def __init__(self, dim, eps=1e-5):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
         x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).type_as(x)
 
 
 class RotaryEmbedding(nn.Module):
-    """TEMP"""
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34).
+
+    Each pair of channels of a query or key at position p is rotated by the angle
+    p * theta^(-2i/hd); a dot product of rotated q (at m) and k (at n) then depends on
+    m - n only. The pairs are (i, i + hd/2), as in GPT-NeoX and Hugging Face's Llama: the
+    paper's adjacent pairs (2i, 2i+1) up to a fixed reordering of the head's channels,
+    which leaves q . k unchanged. cos and sin are tabled for positions 0 .. max_len - 1.
+    """
 
     def __init__(self, head_dim, max_len, theta=10000.0):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
-        angles = torch.outer(torch.arange(max_len).float(), inv_freq)
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x, start=0):
-        T = x.size(-2)
-        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+        """Rotate x (B, nh, T, hd) as the positions start .. start + T - 1."""
+        T = x.size(2)
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
+        x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
+        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return rotated.type_as(x)
 
 
 class SwiGLU(nn.Module):
-    """TEMP"""
+    """Gated feed-forward (Shazeer 2020, arXiv 2002.05202, eq. 6): down(silu(gate(x)) * up(x))."""
 
     def __init__(self, n_embd, hidden, dropout=0.0):
         super().__init__()
-        self.w_gate = nn.Linear(n_embd, hidden, bias=False)
-        self.w_up = nn.Linear(n_embd, hidden, bias=False)
-        self.w_down = nn.Linear(hidden, n_embd, bias=False)
-        self.w_down.residual_branch_end = True
+        self.gate = nn.Linear(n_embd, hidden, bias=False)
+        self.up = nn.Linear(n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, n_embd, bias=False)
+        self.down.residual_branch_end = True
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.w_down(F.silu(self.w_gate(x)) * self.w_up(x)))
+        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
 class MoE(SwiGLU):
@@ -136,6 +150,8 @@ class MoE(SwiGLU):
 
     def __init__(self, config):
         super().__init__(config.n_embd, config.ffn_hidden, config.dropout)
+
+
 # ----------------------------------------------------------------------------- Multi-head Latent Attention
 
 class LatentKVCache:
@@ -198,11 +214,11 @@ class MultiHeadLatentAttention(nn.Module):
         q_in = c.q_lora_rank or c.n_embd
         if c.q_lora_rank:
             self.q_down = nn.Linear(c.n_embd, c.q_lora_rank, bias=False)  # W^DQ
-            self.q_norm = RMSNorm(c.q_lora_rank)
+            self.q_norm = RMSNorm(c.q_lora_rank, c.norm_eps)
         self.q_up = nn.Linear(q_in, c.n_head * c.qk_nope_head_dim, bias=False)  # W^UQ
         self.q_rope = nn.Linear(q_in, c.n_head * c.qk_rope_head_dim, bias=False)  # W^QR
         self.kv_down = nn.Linear(c.n_embd, c.kv_lora_rank, bias=False)  # W^DKV
-        self.kv_norm = RMSNorm(c.kv_lora_rank)
+        self.kv_norm = RMSNorm(c.kv_lora_rank, c.norm_eps)
         self.k_up = nn.Linear(c.kv_lora_rank, c.n_head * c.qk_nope_head_dim, bias=False)  # W^UK
         self.v_up = nn.Linear(c.kv_lora_rank, c.n_head * c.v_head_dim, bias=False)  # W^UV
         self.k_rope = nn.Linear(c.n_embd, c.qk_rope_head_dim, bias=False)  # W^KR
@@ -264,18 +280,18 @@ class MultiHeadLatentAttention(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then + ffn(norm(x)), the feed-forward an MoE or a dense SwiGLU."""
+    """Pre-norm block: x + attn(norm_1(x)), then + mlp(norm_2(x)), the feed-forward an MoE or a dense SwiGLU."""
 
     def __init__(self, config, use_moe):
         super().__init__()
-        self.attn_norm = RMSNorm(config.n_embd)
+        self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
         self.attn = MultiHeadLatentAttention(config)
-        self.ffn_norm = RMSNorm(config.n_embd)
-        self.ffn = MoE(config) if use_moe else SwiGLU(config.n_embd, config.ffn_hidden, config.dropout)
+        self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MoE(config) if use_moe else SwiGLU(config.n_embd, config.ffn_hidden, config.dropout)
 
     def forward(self, x, cache=None):
-        x = x + self.attn(self.attn_norm(x), cache)
-        x = x + self.ffn(self.ffn_norm(x))
+        x = x + self.attn(self.norm_1(x), cache)
+        x = x + self.mlp(self.norm_2(x))
         return x
 
 
@@ -287,11 +303,11 @@ class MultiTokenPrediction(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.hidden_norm = RMSNorm(config.n_embd)
-        self.embed_norm = RMSNorm(config.n_embd)
+        self.hidden_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.embed_norm = RMSNorm(config.n_embd, config.norm_eps)
         self.proj = nn.Linear(2 * config.n_embd, config.n_embd, bias=False)  # M
         self.block = Block(config, use_moe=False)  # dense: MoE statistics stay the main model's
-        self.norm = RMSNorm(config.n_embd)
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
 
     def forward(self, h, next_embedding):
         """h (B, T, C) hidden states at positions i; next_embedding (B, T, C) embeddings of tokens i+1."""
@@ -310,7 +326,7 @@ class MLAMoE(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, use_moe=i >= config.first_dense_layers) for i in range(config.n_layer)])
-        self.ln_f = RMSNorm(config.n_embd)
+        self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.mtp = MultiTokenPrediction(config) if config.mtp else None
         self.last_mtp_loss = None
@@ -340,7 +356,7 @@ class MLAMoE(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)  # keep x only; recompute the block in backward
             else:
                 x = block(x, cache[i] if cache is not None else None)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

@@ -52,13 +52,15 @@ def reference_mla(attn, h):
     k_nope = (c_kv @ attn.k_up.weight.T).view(B, T, nh, dn)  # (10)
     v = (c_kv @ attn.v_up.weight.T).view(B, T, nh, dv)  # (11)
 
-    def rope(x, pos):  # rotate consecutive pairs (x_2i, x_2i+1) by pos * theta^(-2i/d)
+    def rope(x, pos):  # rotate the channel pairs (i, i + d/2) by pos * 10000^(-2i/d), as written out in RoFormer
         d = x.size(-1)
-        angle = pos * attn_theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack([x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()], -1).flatten(-2)
+        out = x.clone()
+        for i in range(d // 2):
+            angle = torch.tensor(pos * 10000.0 ** (-2 * i / d))
+            out[i] = x[i] * angle.cos() - x[i + d // 2] * angle.sin()
+            out[i + d // 2] = x[i] * angle.sin() + x[i + d // 2] * angle.cos()
+        return out
 
-    attn_theta = 10000.0
     out = torch.zeros(B, T, nh * dv)
     for b in range(B):
         for head in range(nh):
