@@ -1,0 +1,191 @@
+"""modern_gpt.py: the model's invariants, its building blocks against plain references, train.py."""
+import inspect
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpt
+import modern_gpt as mg
+from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
+                          check_kv_cache_matches_recompute, check_overfits_one_batch)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 50
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    config = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, multiple_of=16)
+    return mg.ModernGPT(mg.ModernGPTConfig(**{**config, **kw}))
+
+
+@pytest.mark.parametrize("kw", [{}, {"qk_norm": True, "tie_embeddings": False}])
+def test_every_parameter_gets_gradient(kw):
+    check_every_parameter_gets_gradient(tiny(**kw), VOCAB)
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2, 4])  # multi-query, grouped, multi-head
+def test_causality(n_kv_head):
+    check_causality(tiny(n_kv_head=n_kv_head), VOCAB)
+
+
+@pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2, "qk_norm": True}, {"n_kv_head": 4}])
+def test_kv_cache_greedy_equals_recompute_past_the_context(kw):
+    check_kv_cache_matches_recompute(tiny(**kw), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+def test_cached_logits_equal_full_forward(n_kv_head):
+    check_cached_logits_match(tiny(n_kv_head=n_kv_head), VOCAB)
+
+
+def test_prefill_after_cached_tokens_equals_full_forward():
+    # t > 1 new tokens after cached ones: the explicit-mask path of causal_attention
+    model = tiny().eval()
+    idx = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(2)
+        first, _ = model(idx[:, :5], cache=cache)
+        second, _ = model(idx[:, 5:], cache=cache)
+    assert torch.allclose(torch.cat([first, second], dim=1), full, atol=1e-5)
+
+
+def test_overfits_one_batch():
+    check_overfits_one_batch(tiny(), VOCAB)
+
+
+def test_kv_cache_stores_only_the_kv_heads():
+    cache = tiny(n_kv_head=1).new_cache(3)
+    assert len(cache) == 2 and cache[0].k.shape == (3, 1, 16, 8)  # (B, n_kv_head, block_size, head_dim)
+
+
+def test_rmsnorm_matches_its_formula():
+    norm = mg.RMSNorm(6, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 7.0))
+    x = torch.randn(4, 6)
+    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5) * torch.arange(1.0, 7.0)
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+
+
+def test_rotary_rotates_each_pair_by_position_times_frequency():
+    hd, theta = 8, 100.0
+    rope = mg.RotaryEmbedding(hd, max_len=10, theta=theta)
+    x = torch.randn(1, 1, 4, hd)
+    out = rope(x, start=3)
+    for t in range(4):
+        for i in range(hd // 2):  # pair (i, i + hd/2) turns by angle p * theta^(-2i/hd)
+            angle = torch.tensor((3 + t) * theta ** (-2 * i / hd))
+            a, b = x[0, 0, t, i], x[0, 0, t, i + hd // 2]
+            assert torch.allclose(out[0, 0, t, i], a * angle.cos() - b * angle.sin(), atol=1e-5)
+            assert torch.allclose(out[0, 0, t, i + hd // 2], a * angle.sin() + b * angle.cos(), atol=1e-5)
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    rope = mg.RotaryEmbedding(16, max_len=32)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    scores = [(rope(q, m) * rope(k, m - 3)).sum() for m in (3, 10, 25)]  # query at m, key at m - 3
+    assert torch.allclose(torch.stack(scores), scores[0].expand(3), atol=1e-4)
+
+
+def test_grouped_query_attention_equals_repeated_heads():
+    # reference: every query head h attends with key/value head h // (n_head / n_kv_head)
+    attn = tiny(n_kv_head=2).h[0].attn
+    x = torch.randn(2, 7, 32)
+    qkv = attn.c_attn(x)
+    q, k, v = qkv.split([32, 16, 16], dim=2)
+    q = attn.rotary(q.view(2, 7, 4, 8).transpose(1, 2))
+    k = attn.rotary(k.view(2, 7, 2, 8).transpose(1, 2)).repeat_interleave(2, dim=1)
+    v = v.view(2, 7, 2, 8).transpose(1, 2).repeat_interleave(2, dim=1)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+    scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, 32)
+    assert torch.allclose(attn(x), attn.c_proj(y), atol=1e-5)
+
+
+def test_qk_norm_normalizes_queries_and_keys():
+    attn = tiny(qk_norm=True).h[0].attn
+    q = torch.randn(2, 4, 5, 8) * 30
+    assert torch.allclose(attn.q_norm(q).pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-3)
+
+
+def test_swiglu_matches_its_formula_and_hidden_size_rounds_up():
+    assert mg.swiglu_hidden(768, 0, 64) == 2048  # 8/3 * 768 exactly
+    assert mg.swiglu_hidden(128, 0, 64) == 384  # 341 rounded up
+    assert mg.swiglu_hidden(128, 300, 64) == 320
+    mlp = mg.SwiGLU(8, 12)
+    x = torch.randn(3, 8)
+    a, b = x @ mlp.gate.weight.T, x @ mlp.up.weight.T
+    assert torch.allclose(mlp(x), (a * torch.sigmoid(a) * b) @ mlp.down.weight.T, atol=1e-6)
+
+
+def test_no_biases_and_tied_or_untied_head():
+    model = tiny()
+    assert not any(name.endswith(".bias") for name, _ in model.named_parameters())
+    assert model.lm_head.weight is model.wte.weight
+    untied = tiny(tie_embeddings=False)
+    assert untied.lm_head.weight is not untied.wte.weight
+    extra = untied.param_counts()["total"] - model.param_counts()["total"]
+    assert extra == VOCAB * 32
+
+
+def test_presets_sizes():
+    gpt2_like = mg.ModernGPT(mg.ModernGPTConfig(**mg.PRESETS["gpt2"]))
+    assert abs(gpt2_like.param_counts()["total"] - 124_439_808) / 124_439_808 < 0.01  # within 1% of GPT-2 small
+    cpu = mg.PRESETS["cpu"]
+    assert (cpu["n_layer"], cpu["n_head"], cpu["n_embd"], cpu["block_size"]) == (4, 4, 128, 64)
+    # the "cpu" blocks hold exactly as many parameters as gpt.py's: only the position table is gone
+    modern = mg.ModernGPT(mg.ModernGPTConfig(**cpu, vocab_size=65)).param_counts()["total"]
+    dense = gpt.GPT(gpt.GPTConfig(**gpt.PRESETS["cpu"], vocab_size=65)).param_counts()["total"]
+    assert dense - modern == 64 * 128
+
+
+def test_flops_per_token_follows_palm_formula():
+    model = tiny()
+    n = sum(p.numel() for p in model.parameters())
+    assert model.flops_per_token(16) == 6 * n + 12 * 2 * 32 * 16
+    untied = tiny(tie_embeddings=False)
+    n = sum(p.numel() for p in untied.parameters()) - VOCAB * 32  # the embedding lookup is no matmul
+    assert untied.flops_per_token(16) == 6 * n + 12 * 2 * 32 * 16
+
+
+def test_bad_config_gets_a_clear_error():
+    with pytest.raises(ValueError, match="multiple of n_kv_head"):
+        tiny(n_kv_head=3)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_shared_blocks_are_identical_to_gpt_py():
+    # the data section, the sampler and the KV cache are copied verbatim from gpt.py
+    for name in ["sample_next_token", "gpt2_encoding", "Tokenizer", "load_dataset", "cached_bpe_ids", "get_batch",
+                 "KVCache"]:
+        assert inspect.getsource(getattr(mg, name)) == inspect.getsource(getattr(gpt, name)), name
+
+
+def test_train_py_end_to_end_and_checkpoint_samples(tmp_path):
+    out = str(tmp_path / "run")
+    args = ["--model_type", "moderngpt", "--tokenizer", "char", "--B", "4", "--T", "16", "--n_layer", "2",
+            "--n_head", "2", "--n_kv_head", "1", "--n_embd", "32", "--max_steps", "3", "--eval_interval", "3",
+            "--eval_iters", "2", "--sample_tokens", "8", "--device", "cpu", "--out_dir", out]
+    result = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "step     3/3 | loss" in result.stdout and "val loss" in result.stdout
+    model, tokenizer = mg.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert model.config.n_kv_head == 1 and tokenizer.kind == "char"
+    sample = subprocess.run([sys.executable, "modern_gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt",
+                             "ROMEO:", "--max_new_tokens", "10", "--device", "cpu"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert sample.returncode == 0, sample.stderr
+    assert "ROMEO:" in sample.stdout
+    other = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    other["model_type"] = "gpt"
+    torch.save(other, tmp_path / "gpt.pt")
+    with pytest.raises(ValueError, match="not 'moderngpt'"):
+        mg.load_checkpoint(str(tmp_path / "gpt.pt"))
