@@ -322,6 +322,12 @@ class Run:
         torch.save(ckpt, self.ckpt_path + ".tmp")
         os.replace(self.ckpt_path + ".tmp", self.ckpt_path)
 
+    def stop_if_not_finite(self, what, value, step):
+        """A diverged run stops before it can overwrite the last good checkpoint."""
+        if not math.isfinite(value):
+            kept = f"the last good checkpoint is {self.ckpt_path}" if os.path.exists(self.ckpt_path) else "no checkpoint was written"
+            raise UsageError(f"{what} is {value} at step {step}: stopped; {kept}. Try a lower --max_lr or --dtype fp32")
+
     def train_step(self, batch_generator):
         """Gradients of one optimizer step over accum_steps micro-batches; returns (loss, grad norm)."""
         loss_sum = torch.zeros((), device=self.device)
@@ -367,9 +373,7 @@ class Run:
             if self.ddp:  # mean loss over ranks, and whether any rank was asked to stop
                 dist.all_reduce(flags)
             loss, stop_votes = flags[0].item() / self.world, flags[1].item()
-            if not math.isfinite(loss):
-                kept = f"the last good checkpoint is {self.ckpt_path}" if os.path.exists(self.ckpt_path) else "no checkpoint was written"
-                raise UsageError(f"loss is {loss} at step {step + 1}: stopped; {kept}. Try a lower --max_lr or --dtype fp32")
+            self.stop_if_not_finite("loss", loss, step + 1)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -388,6 +392,7 @@ class Run:
                 self.say(step_line(record, args.max_steps))
             if done % args.eval_interval == 0 or done == args.max_steps:
                 losses = self.evaluate()
+                self.stop_if_not_finite("val loss", losses["val"], done)
                 self.best_val = min(self.best_val, losses["val"])
                 self.log({"step": done, "train_loss": losses["train"], "val_loss": losses["val"]})
                 self.say(f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
