@@ -1,0 +1,728 @@
+"""
+moe_gpt.py - a mixture-of-experts GPT in one file: modern_gpt.py with a DeepSeekMoE feed-forward.
+
+The blocks of modern_gpt.py (RMSNorm, rotary embeddings, grouped-query attention with a KV
+cache; see that file) with the SwiGLU feed-forward replaced, after `first_dense_layers`
+dense blocks, by a DeepSeekMoE layer (Dai et al. 2024, arXiv 2401.06066):
+
+    y = x + sum_{shared i} FFN_i(x) + sum_{routed i} g_i(x) FFN_i(x)     (DeepSeekMoE eq. 9)
+
+- shared experts see every token with weight 1; a router picks top_k routed experts per token;
+- fine-grained segmentation (§3.1): granularity m splits each expert's hidden size by m and
+  multiplies the number of experts and top_k by m, so total and active expert parameters stay
+  the same while the number of possible expert combinations grows;
+- gates: softmax (DeepSeekMoE) or sigmoid (DeepSeek-V3, arXiv 2412.19437) scores, computed in
+  float32, with optional jitter noise in training (Switch Transformer, arXiv 2101.03961);
+- balancing: Switch's load-balancing loss, the router z-loss (ST-MoE, arXiv 2202.08906) and
+  DeepSeek-V3's auxiliary-loss-free bias, each with its own weight or rate (0 = off);
+- capacity: dropless by default; with capacity_factor, GShard/Switch capacity (arXiv 2006.16668):
+  assignments beyond an expert's capacity are dropped and the token keeps its residual;
+- dispatch: token-expert assignments sorted by expert, each expert run once on its contiguous
+  slice (or one grouped matmul where PyTorch has one), results index-added back.
+
+Run it:
+    python train.py --model_type moegpt --tokenizer char       # nanoGPT's CPU Shakespeare recipe
+    python moe_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"     # sample from a checkpoint
+    python moe_gpt.py                                          # sizes + a sample from random weights
+
+The file imports only torch, numpy, tiktoken and the standard library: copy it
+together with data/gpt2.tiktoken into another project and it works.
+"""
+import argparse
+import base64
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import tiktoken
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODEL_TYPE = "moegpt"
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+@dataclass
+class MoEGPTConfig:
+    block_size: int = 1024  # longest context; length of the rotary tables and the KV cache
+    vocab_size: int = 50257  # GPT-2 BPE: 256 bytes + 50,000 merges + <|endoftext|>
+    n_layer: int = 12  # number of Transformer blocks
+    n_head: int = 12  # query heads; n_embd must be a multiple of it
+    n_kv_head: int = 12  # key/value heads, shared by n_head / n_kv_head query heads each (1 = multi-query)
+    n_embd: int = 768  # width of the residual stream
+    mlp_hidden: int = 0  # SwiGLU hidden size before rounding; 0 = 8/3 n_embd (the 4C GELU MLP's parameters)
+    multiple_of: int = 64  # the SwiGLU hidden size is rounded up to a multiple of this (fast matmuls)
+    rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotation
+    tie_embeddings: bool = True  # the output head shares its weight with the token embedding
+    norm_eps: float = 1e-5  # added to the mean square in RMSNorm
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    # mixture of experts; counts before fine-grained segmentation (N, K and K_s in DeepSeekMoE)
+    n_routed_experts: int = 8  # experts the router chooses from
+    top_k: int = 1  # routed experts per token
+    n_shared_experts: int = 1  # experts every token goes through, with weight 1 (0 = none)
+    granularity: int = 2  # m: each expert split into m of hidden/m; m*N routed, m*K chosen, m*K_s shared
+    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = the dense SwiGLU's / (K + K_s)
+    first_dense_layers: int = 0  # leading blocks that keep the dense SwiGLU
+    gate: str = "softmax"  # "softmax" (DeepSeekMoE) or "sigmoid" (DeepSeek-V3) expert scores
+    renormalize: bool = True  # divide the chosen experts' scores by their sum (only when m*K > 1)
+    router_noise: float = 0.0  # training only: router input times U(1 - eps, 1 + eps) (Switch jitter)
+    aux_loss_weight: float = 0.01  # Switch load-balancing loss N * sum_i f_i P_i, summed over layers
+    z_loss_weight: float = 0.001  # ST-MoE router z-loss mean(logsumexp(logits)^2), summed over layers
+    bias_update_rate: float = 0.0  # DeepSeek-V3 auxiliary-loss-free balancing: bias step per optimizer step
+    capacity_factor: float = 0.0  # 0 = dropless; else capacity = ceil(factor * tokens * k / experts)
+
+
+PRESETS = {
+    # GPT-2 small's shape; every token uses 2048 expert hidden units, as modern_gpt's dense SwiGLU
+    "gpt2": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, first_dense_layers=1),
+    # nanoGPT's CPU recipe at modern_gpt "cpu"'s active size: a shared expert of 192 hidden units and
+    # 2 of 16 routed experts of 96 (8 experts of 192, top-1, split by m = 2) stand in for its SwiGLU 384
+    "cpu": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=64),
+    # the same with DeepSeek-V3's balancing: sigmoid gates, the bias, and a 1e-4 auxiliary loss
+    "cpu-v3": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=64, gate="sigmoid",
+                   bias_update_rate=1e-3, aux_loss_weight=1e-4),
+}
+
+
+# ----------------------------------------------------------------------------- model
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * gain (Zhang & Sennrich 2019, arXiv 1910.07467, eq. 4):
+    LayerNorm without the mean subtraction and the bias. Computed in float32."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).type_as(x)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34).
+
+    Each pair of channels of a query or key at position p is rotated by the angle
+    p * theta^(-2i/hd); a dot product of rotated q (at m) and k (at n) then depends on
+    m - n only. The pairs are (i, i + hd/2), as in GPT-NeoX and Hugging Face's Llama: the
+    paper's adjacent pairs (2i, 2i+1) up to a fixed reordering of the head's channels,
+    which leaves q . k unchanged. cos and sin are tabled for positions 0 .. max_len - 1.
+    """
+
+    def __init__(self, head_dim, max_len, theta=10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x, start=0):
+        """Rotate x (B, nh, T, hd) as the positions start .. start + T - 1."""
+        T = x.size(2)
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
+        x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
+        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return rotated.type_as(x)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer.
+
+    Preallocated as (B, n_head, max_len, head_dim); `pos` counts the filled positions.
+    """
+
+    def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
+        self.k = torch.zeros(batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0
+
+    def append(self, k, v):
+        """Store k, v (B, nh, t, hd) after the cached positions; return all keys and values so far."""
+        t = k.size(2)
+        self.k[:, :, self.pos:self.pos + t] = k
+        self.v[:, :, self.pos:self.pos + t] = v
+        self.pos += t
+        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
+
+
+def causal_attention(q, k, v, dropout_p, new_positions):
+    """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
+
+    q is (B, nh, t, hd) for the last t positions; k, v (B, n_kv, S, hd) hold all S positions,
+    with n_kv dividing nh: each group of nh / n_kv query heads reads one key/value head.
+    """
+    t, S = q.size(2), k.size(2)
+    grouped = k.size(1) != q.size(1)
+    if t == S:  # no cache, or the prompt's first pass: the plain causal mask
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
+    if t == 1:  # one new token sees every cached position
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=grouped)
+    # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
+    mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped)
+
+
+class CausalSelfAttention(nn.Module):
+    """Grouped-query self-attention with rotary positions; one fused Linear for q, k and v."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
+            raise ValueError(f"n_embd {config.n_embd} must be a multiple of n_head {config.n_head}, "
+                             f"and n_head a multiple of n_kv_head {config.n_kv_head}")
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_proj.residual_branch_end = True  # see ModernGPT._init_weights
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
+        self.rotary = RotaryEmbedding(self.head_dim, config.block_size, config.rope_theta)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        # split into heads and move heads next to batch: q (B, nh, T, hd), k and v (B, n_kv, T, hd)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        start = cache.pos if cache is not None else 0  # the new tokens' positions start after the cached ones
+        q = self.rotary(self.q_norm(q), start)
+        k = self.rotary(self.k_norm(k), start)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd): keys are stored already rotated
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, T)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
+    """SwiGLU hidden size: mlp_hidden, or 8/3 n_embd when 0 (three matrices of C x 8C/3 hold as many
+    parameters as the GELU MLP's two of C x 4C, Shazeer 2020 §2), rounded up to multiple_of."""
+    hidden = mlp_hidden or int(8 * n_embd / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (Shazeer 2020, arXiv 2002.05202, eq. 6): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, n_embd, hidden, dropout=0.0):
+        super().__init__()
+        self.gate = nn.Linear(n_embd, hidden, bias=False)
+        self.up = nn.Linear(n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, n_embd, bias=False)
+        self.down.residual_branch_end = True
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+# ----------------------------------------------------------------------------- mixture of experts
+# Router, Experts, grouped_mm_dtype and MoE form one block (it uses SwiGLU and swiglu_hidden above):
+# other model files copy it whole. MoE(config).forward(x) returns the layer's output and keeps the
+# batch's auxiliary losses and statistics on the layer for the model to add and log.
+
+class Router(nn.Module):
+    """Scores each token against every routed expert and chooses top_k of them, in float32.
+
+    Scores s are softmax(x W) over all experts (DeepSeekMoE eq. 5), taken before choosing, so a
+    chosen weight stays below 1 and the router learns from the LM loss even with top-1; or
+    sigmoid(x W) per expert (DeepSeek-V3 eq. 15). Experts are chosen by s + bias, where bias is
+    DeepSeek-V3's balancing bias (eq. 16; a buffer, never trained), and weighted by s alone,
+    divided by the chosen scores' sum when `renormalize` and top_k > 1 (with one expert that
+    sum-normalised weight would be exactly 1, and the router would get no gradient).
+    """
+
+    def __init__(self, n_embd, n_experts, top_k, gate, renormalize, noise):
+        super().__init__()
+        if gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown gate {gate!r}: use softmax or sigmoid")
+        self.top_k, self.gate, self.renormalize, self.noise = top_k, gate, renormalize, noise
+        self.weight = nn.Parameter(torch.randn(n_experts, n_embd) * 0.02)
+        self.register_buffer("bias", torch.zeros(n_experts))  # in the state_dict: a resumed run keeps it
+
+    def forward(self, x):
+        """x (N, C) -> chosen experts (N, k), their weights (N, k), logits and scores (N, E)."""
+        with torch.autocast(x.device.type, enabled=False):  # routing decisions are precision-sensitive
+            x = x.float()
+            if self.training and self.noise > 0:
+                x = x * torch.empty_like(x).uniform_(1.0 - self.noise, 1.0 + self.noise)
+            logits = F.linear(x, self.weight.float())
+        scores = logits.softmax(dim=-1) if self.gate == "softmax" else logits.sigmoid()
+        experts = torch.topk(scores.detach() + self.bias, self.top_k, dim=-1).indices
+        weights = scores.gather(1, experts)
+        if self.renormalize and self.top_k > 1:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return experts, weights, logits, scores
+
+
+def grouped_mm_dtype(x, *weights):
+    """The dtype in which torch's grouped matmul (F.grouped_mm, where this PyTorch has it) can run
+    the experts on x, or None: then a loop over the experts does. On CPU it takes any float dtype;
+    on CUDA only bfloat16 (under bf16 autocast here); every row must span a multiple of 16 bytes."""
+    if not hasattr(F, "grouped_mm"):
+        return None
+    if x.device.type == "cpu":
+        dtype = x.dtype
+    elif x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and \
+            torch.get_autocast_dtype("cuda") == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0):
+        dtype = torch.bfloat16
+    else:
+        return None
+    row_bytes = [w.size(-1) * dtype.itemsize for w in weights] + [w.size(-2) * dtype.itemsize for w in weights]
+    return dtype if all(b % 16 == 0 for b in row_bytes) else None
+
+
+class Experts(nn.Module):
+    """n_experts SwiGLU experts, down(silu(gate x) * up x), with their weights stacked as
+    gate, up (E, hidden, C) and down (E, C, hidden): one tensor each, not E Linears."""
+
+    def __init__(self, n_experts, n_embd, hidden, n_layer):
+        super().__init__()
+        self.gate = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
+        self.up = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
+        # the residual branch's last matmul, scaled by 1/sqrt(2 n_layer) as every such Linear here
+        self.down = nn.Parameter(torch.randn(n_experts, n_embd, hidden) * 0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, x, counts):
+        """x (A, C): token copies sorted by expert, counts[e] of them for expert e -> (A, C)."""
+        dtype = grouped_mm_dtype(x, self.gate, self.down)
+        if dtype is not None:  # one kernel per matrix for all experts; offsets end each expert's rows
+            ends = counts.cumsum(0).to(torch.int32)
+            x = x.to(dtype)
+            gate, up, down = (w.to(dtype).transpose(1, 2) for w in (self.gate, self.up, self.down))
+            h = F.silu(F.grouped_mm(x, gate, offs=ends)) * F.grouped_mm(x, up, offs=ends)
+            return F.grouped_mm(h, down, offs=ends)
+        outputs = []  # each expert once, on its contiguous rows; unbind costs one stack in backward
+        for rows, gate, up, down in zip(x.split(counts.tolist()), self.gate.unbind(0), self.up.unbind(0),
+                                        self.down.unbind(0)):
+            outputs.append(F.linear(F.silu(F.linear(rows, gate)) * F.linear(rows, up), down))
+        return torch.cat(outputs)
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE feed-forward: shared experts for every token plus top-k of the routed experts.
+
+    Granularity m (DeepSeekMoE §3.1) splits an expert of `hidden` units into m of hidden/m and
+    uses m*N routed experts, m*K per token, and m*K_s shared ones; total and active expert
+    parameters stay the same (the router grows to m*N rows). Shared experts all see every token
+    with weight 1, so they run as one SwiGLU of K_s * hidden units: the same sum, one matmul.
+
+    forward keeps on the layer: aux_loss and z_loss (tensors with gradients, unweighted) and
+    `stats` (the share of routed assignments per expert, the dropped share, both losses as
+    floats); in training it also counts assignments per expert for update_bias().
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        m, c = config.granularity, config.n_embd
+        dense_hidden = swiglu_hidden(c, config.mlp_hidden, config.multiple_of)
+        hidden = swiglu_hidden(c, config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts),
+                               config.multiple_of)
+        if m < 1 or hidden % m:
+            raise ValueError(f"granularity {m} must be >= 1 and divide the expert hidden size {hidden}")
+        if not 1 <= config.top_k <= config.n_routed_experts:
+            raise ValueError(f"top_k {config.top_k} must be between 1 and n_routed_experts {config.n_routed_experts}")
+        self.n_experts, self.top_k = m * config.n_routed_experts, m * config.top_k
+        self.capacity_factor, self.bias_update_rate = config.capacity_factor, config.bias_update_rate
+        self.router = Router(c, self.n_experts, self.top_k, config.gate, config.renormalize, config.router_noise)
+        self.experts = Experts(self.n_experts, c, hidden // m, config.n_layer)
+        self.shared = SwiGLU(c, config.n_shared_experts * hidden) if config.n_shared_experts else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.stats = {}
+        self.counts = None  # assignments per expert since the last update_bias (training, bias on)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)  # (N, C): tokens are routed one by one
+        N, k, E = B * T, self.top_k, self.n_experts
+        experts, weights, logits, scores = self.router(x)  # (N, k), (N, k), (N, E), (N, E)
+        # assignment a = t * k + j is token t's j-th choice; a stable sort by expert keeps token order
+        expert_of = experts.flatten()  # (N*k,)
+        order = torch.argsort(expert_of, stable=True)
+        counts = torch.bincount(expert_of, minlength=E)  # (E,) assignments per expert
+        kept = counts
+        if self.capacity_factor > 0 and self.training:  # GShard/Switch: each expert keeps its first `capacity`
+            capacity = math.ceil(self.capacity_factor * N * k / E)
+            first = counts.cumsum(0) - counts  # where each expert's rows begin in `order`
+            rank = torch.arange(N * k, device=x.device) - first[expert_of[order]]  # place in its expert's queue
+            order = order[rank < capacity]
+            kept = counts.clamp(max=capacity)
+        token = order // k  # the token of each kept assignment, grouped by expert
+        y = self.experts(x[token], kept) * weights.flatten()[order].unsqueeze(1)  # (A, C)
+        out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
+        if self.shared is not None:
+            out = out + self.shared(x)
+        self.record(counts, order.numel(), logits, scores)
+        return self.dropout(out).view(B, T, C).type_as(x)
+
+    def record(self, counts, n_kept, logits, scores):
+        """Switch's load-balancing loss (arXiv 2101.03961 eq. 4; DeepSeekMoE eq. 12 for top-k):
+        E * sum_i f_i P_i with f_i the share of assignments to expert i and P_i its mean score
+        (sigmoid scores normalised per token), 1 when routing is uniform; the router z-loss
+        (ST-MoE eq. 5) mean(logsumexp(logits)^2), which keeps the logits small."""
+        load = counts.float() / counts.sum()
+        probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
+        self.aux_loss = self.n_experts * (load * probs.mean(dim=0)).sum()
+        self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+        self.stats = {"load": load, "dropped": 1.0 - n_kept / (logits.size(0) * self.top_k),
+                      "aux_loss": self.aux_loss.detach(), "z_loss": self.z_loss.detach()}
+        if self.training and self.bias_update_rate > 0:
+            self.counts = counts.float() if self.counts is None else self.counts + counts
+
+    @torch.no_grad()
+    def update_bias(self):
+        """DeepSeek-V3's auxiliary-loss-free balancing (arXiv 2412.19437 §2.1.2), after an optimizer
+        step: bias_i += rate * sign(mean load - load_i), loads counted since the last call and
+        summed over ranks first, so every rank takes the same step."""
+        if self.counts is None:
+            return
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.counts)
+        self.router.bias += self.bias_update_rate * torch.sign(self.counts.mean() - self.counts)
+        self.counts = None
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x)); mlp is a MoE layer
+    from block `first_dense_layers` on."""
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
+        hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
+        self.mlp = MoE(config) if layer >= config.first_dense_layers else SwiGLU(config.n_embd, hidden, config.dropout)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.norm_1(x), cache)
+        x = x + self.mlp(self.norm_2(x))
+        return x
+
+
+class MoEGPT(nn.Module):
+    """Token embedding, n_layer blocks, final RMSNorm, LM head (tied to the embedding or not)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings; no position table
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
+        self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # N(0, 0.02) as GPT-2; the Linear that ends each residual branch is scaled by
+        # 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
+        # (Router and Experts initialise their own weights the same way.)
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_branch_end", False):
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy
+        against targets (B, T) when given (positions marked -100 are ignored), plus in training
+        the weighted balancing and z-losses of every MoE layer (eval losses are cross-entropy only).
+        With `cache` (a list of KVCache, one per layer) idx continues the cached positions."""
+        B, T = idx.shape
+        start = cache[0].pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        x = self.drop(self.wte(idx))  # (B, T, C); positions are rotated into q and k in each layer
+        for i, block in enumerate(self.h):
+            x = block(x, cache[i] if cache is not None else None)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            if self.training:
+                c = self.config
+                for moe in self.moe_layers():
+                    loss = loss + c.aux_loss_weight * moe.aux_loss + c.z_loss_weight * moe.z_loss
+        return logits, loss
+
+    def moe_layers(self):
+        return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
+
+    def moe_stats(self):
+        """The last batch's routing, for train.py's log: balancing and z-loss and dropped share
+        (means over MoE layers), and expert_load, MoE layers x experts, share of assignments."""
+        layers = [moe.stats for moe in self.moe_layers() if moe.stats]
+        if not layers:
+            return {}
+        stats = {name: sum(float(s[name]) for s in layers) / len(layers) for name in ("aux_loss", "z_loss", "dropped")}
+        return {**stats, "expert_load": [s["load"].tolist() for s in layers]}
+
+    def update_balance_bias(self):
+        """After each optimizer step: nudge every MoE router's bias toward uniform load."""
+        for moe in self.moe_layers():
+            moe.update_bias()
+
+    def new_cache(self, batch_size):
+        """An empty KV cache (one KVCache per layer, n_kv_head heads each) as long as the context."""
+        c = self.config
+        w = self.wte.weight
+        return [KVCache(batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
+                for _ in range(c.n_layer)]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+        """Append max_new_tokens tokens to idx (B, T). temperature 0 is greedy decoding.
+
+        With the cache each new token costs one position's worth of compute; once the
+        context is full the window slides and the cache is rebuilt from the last
+        block_size - 1 tokens, exactly what the cache-less path computes.
+        """
+        block_size = self.config.block_size
+        cache = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(idx[:, -block_size:])
+            elif cache is None or cache[0].pos == block_size:
+                cache = self.new_cache(idx.size(0))
+                window = block_size - 1 if idx.size(1) >= block_size else block_size
+                logits, _ = self(idx[:, -window:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
+            idx = torch.cat((idx, next_token), dim=1)
+        return idx
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay on matrices and embeddings only (not on norm gains)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")  # fused AdamW kernels exist for these devices
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def param_counts(self):
+        """Total parameters (a tied head counted once) and those active per token: all but the
+        routed experts a token does not use (it uses top_k of n_experts in each MoE layer)."""
+        total = sum(p.numel() for p in self.parameters())
+        idle = sum(sum(p.numel() for p in moe.experts.parameters()) * (1 - moe.top_k / moe.n_experts)
+                   for moe in self.moe_layers())
+        return {"total": total, "active": total - round(idle)}
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
+        6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention.
+        N leaves out an untied embedding table (a lookup); a tied one counts once, as the head."""
+        c = self.config
+        n_matmul = self.param_counts()["active"]
+        if not c.tie_embeddings:
+            n_matmul -= self.wte.weight.numel()
+        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * seq_len
+
+
+Config, Model = MoEGPTConfig, MoEGPT  # the names train.py looks for in every model file
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
+    """Pick one token per row of logits (B, V): greedy at temperature 0, else sample after
+    keeping the top_k most likely tokens and/or the smallest set whose probability >= top_p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of better tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+# ----------------------------------------------------------------------------- tokenizers and data
+
+def gpt2_encoding(path=os.path.join(DATA_DIR, "gpt2.tiktoken")):
+    """GPT-2's BPE as a tiktoken Encoding, built from the ranks file with no network access.
+    Each line of gpt2.tiktoken is `base64(token bytes) rank`; <|endoftext|> (50256) is added."""
+    if not os.path.exists(path):
+        return tiktoken.get_encoding("gpt2")  # downloads the ranks once, then caches them
+    with open(path, "rb") as f:
+        ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+    )
+
+
+class Tokenizer:
+    """GPT-2 BPE (kind "gpt2") or characters (kind "char", vocabulary = `chars`, in id order).
+
+    `state()` is what a checkpoint stores to rebuild the same tokenizer: Tokenizer(**state)."""
+
+    def __init__(self, kind="gpt2", chars=None):
+        self.kind = kind
+        if kind == "gpt2":
+            self.bpe = gpt2_encoding()
+            self.vocab_size = self.bpe.n_vocab
+        elif kind == "char":
+            if not chars:
+                raise ValueError("a char tokenizer needs its vocabulary (the characters of the corpus)")
+            self.chars = chars
+            self.char_to_id = {ch: i for i, ch in enumerate(chars)}
+            self.vocab_size = len(chars)
+        else:
+            raise ValueError(f"unknown tokenizer {kind!r}: use gpt2 or char")
+
+    def encode(self, text):
+        if self.kind == "gpt2":
+            return self.bpe.encode_ordinary(text)
+        unknown = set(text) - self.char_to_id.keys()
+        if unknown:
+            raise ValueError(f"characters {''.join(sorted(unknown))!r} are not in this char vocabulary")
+        return [self.char_to_id[ch] for ch in text]
+
+    def decode(self, ids):
+        if self.kind == "gpt2":
+            return self.bpe.decode(list(ids))
+        return "".join(self.chars[i] for i in ids)
+
+    def state(self):
+        return {"kind": "gpt2"} if self.kind == "gpt2" else {"kind": "char", "chars": self.chars}
+
+
+def load_dataset(path, tokenizer_kind="gpt2", chars=None, cache_dir=None):
+    """Token ids for training and validation, and the tokenizer.
+
+    `path` is a text file (split 90/10 into train/val; GPT-2 BPE ids are cached as
+    uint16 next to it, or in cache_dir if that folder is read-only) or a folder with nanoGPT-style train.bin and val.bin
+    (uint16 GPT-2 token ids, used as they are). A char vocabulary is the sorted set of
+    the corpus's characters unless `chars` (e.g. from a checkpoint) is given.
+    Returns (train_ids, val_ids, tokenizer), the ids as 1-D numpy arrays."""
+    if os.path.isdir(path):
+        bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
+        missing = [b for b in bins if not os.path.exists(b)]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]} not found: a data folder needs train.bin and val.bin")
+        if tokenizer_kind != "gpt2":
+            raise ValueError(f"{path} holds GPT-2 token ids (train.bin/val.bin): use --tokenizer gpt2")
+        train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
+        return train, val, Tokenizer("gpt2")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} not found: pass --data with a text file or a train.bin/val.bin folder")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if tokenizer_kind == "char":  # encoding characters is a table lookup: no cache needed
+        tokenizer = Tokenizer("char", chars or "".join(sorted(set(text))))
+        ids = np.array(tokenizer.encode(text), dtype=np.uint16)
+    else:
+        tokenizer = Tokenizer(tokenizer_kind)
+        ids = cached_bpe_ids(path, text, tokenizer, cache_dir)
+    n_train = int(0.9 * len(ids))
+    return ids[:n_train], ids[n_train:], tokenizer
+
+
+def cached_bpe_ids(path, text, tokenizer, fallback_dir=None):
+    """GPT-2 token ids of `text` (read from `path`), kept as uint16 in `<path>.gpt2.bin` next to
+    the text, or in fallback_dir where that folder is read-only, so a corpus is tokenized once.
+    A cache counts while it is newer than the text."""
+    name = os.path.basename(path) + ".gpt2.bin"
+    caches = [os.path.join(os.path.dirname(os.path.abspath(path)), name)]
+    if fallback_dir:
+        caches.append(os.path.join(fallback_dir, name))
+    for cache in caches:
+        if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+            return np.fromfile(cache, dtype=np.uint16)
+    ids = np.array(tokenizer.encode(text), dtype=np.uint16)  # GPT-2's 50,257 ids fit in 16 bits
+    for cache in caches:
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            ids.tofile(cache + ".tmp")
+            os.replace(cache + ".tmp", cache)  # atomic: a reader never sees half a file
+            break
+        except OSError:
+            continue  # read-only: try the next folder (or tokenize again next time)
+    return ids
+
+
+def get_batch(data, batch_size, block_size, generator, device="cpu"):
+    """batch_size random windows of block_size + 1 tokens: inputs x and next-token targets y, (B, T)."""
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    windows = data[starts[:, None] + np.arange(block_size + 1)]  # (B, T + 1), one fancy-index read
+    windows = torch.from_numpy(windows.astype(np.int64))
+    x, y = windows[:, :-1], windows[:, 1:]
+    if device.startswith("cuda"):  # page-locked memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------- checkpoints and demo
+
+def load_checkpoint(path, device="cpu"):
+    """The model (eval mode) and tokenizer stored by train.py at `path`; only tensors and
+    plain Python values are read (torch.load(weights_only=True)), nothing is unpickled."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if ckpt.get("model_type") != MODEL_TYPE:
+        raise ValueError(f"{path} holds a {ckpt.get('model_type')!r} model, not {MODEL_TYPE!r}: use that model's file")
+    model = MoEGPT(MoEGPTConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Sample from a MoE GPT checkpoint, or from random weights.")
+    parser.add_argument("--ckpt", help="checkpoint written by train.py (default: random init of --preset)")
+    parser.add_argument("--preset", default="cpu", choices=PRESETS)
+    parser.add_argument("--prompt", default="\n")
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top_k", type=int, default=200)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    try:
+        if args.ckpt:
+            model, tokenizer = load_checkpoint(args.ckpt, args.device)
+        else:
+            tokenizer = Tokenizer("gpt2")
+            model = MoEGPT(MoEGPTConfig(**PRESETS[args.preset])).to(args.device).eval()
+        prompt = tokenizer.encode(args.prompt)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}")
+    counts = model.param_counts()
+    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters ({counts['active'] / 1e6:.2f}M active), {model.config}")
+    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    for row in out.tolist():
+        print(tokenizer.decode(row))
+        print("-" * 40)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""moe_gpt.py: the generic model checks, the MoE layer against a per-token reference loop,
+granularity, balancing, gradients, statistics, and train.py end to end."""
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import modern_gpt
+import moe_gpt as mm
+from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
+                          check_kv_cache_matches_recompute, check_overfits_one_batch)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 50
+TINY = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, multiple_of=16,
+            n_routed_experts=4, top_k=1, n_shared_experts=1, granularity=2, first_dense_layers=0)
+
+
+def config(**kw):
+    return mm.MoEGPTConfig(**{**TINY, **kw})
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return mm.MoEGPT(config(**kw))
+
+
+def moe_layer(**kw):
+    torch.manual_seed(0)
+    return mm.MoE(config(**kw))
+
+
+@pytest.fixture(params=["auto", "loop"])
+def dispatch(request, monkeypatch):
+    """Run a test with the dispatch the layer picks here (torch's grouped matmul where this PyTorch
+    has F.grouped_mm) and with the loop over experts."""
+    if request.param == "loop":
+        monkeypatch.setattr(mm, "grouped_mm_dtype", lambda *args: None)
+    return request.param
+
+
+def test_grouped_mm_is_used_on_cpu_where_torch_has_it():
+    x, w = torch.randn(8, 32), torch.randn(4, 24, 32)
+    assert mm.grouped_mm_dtype(x, w) == (torch.float32 if hasattr(F, "grouped_mm") else None)
+    assert mm.grouped_mm_dtype(x, torch.randn(4, 6, 32)) is None  # rows of 24 bytes: not a multiple of 16
+
+
+# ----------------------------------------------------------------------------- generic model checks
+
+@pytest.mark.parametrize("kw", [{}, {"gate": "sigmoid", "first_dense_layers": 1, "qk_norm": True}])
+def test_every_parameter_gets_gradient(kw):
+    check_every_parameter_gets_gradient(tiny(**kw), VOCAB)
+
+
+def test_causality():
+    check_causality(tiny(), VOCAB)
+
+
+@pytest.mark.parametrize("kw", [{}, {"capacity_factor": 1.0, "n_kv_head": 1}])  # eval is dropless
+def test_kv_cache_greedy_equals_recompute_past_the_context(kw):
+    check_kv_cache_matches_recompute(tiny(**kw), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
+
+
+def test_cached_logits_equal_full_forward():
+    check_cached_logits_match(tiny(), VOCAB)
+
+
+def test_overfits_one_batch():
+    check_overfits_one_batch(tiny(), VOCAB)
+
+
+# ----------------------------------------------------------------------------- the MoE layer against a reference
+
+def reference_moe(moe, x, capacity_factor=0.0):
+    """The MoE layer written token by token, from the papers' equations: score every expert,
+    choose top-k by score + bias, weight by the score (renormalised for k > 1), drop an
+    assignment once its expert has `capacity` tokens (tokens in order, each token's choices in
+    order), and add the shared experts with weight 1."""
+    router, experts = moe.router, moe.experts
+    E, k = moe.n_experts, moe.top_k
+    capacity = math.ceil(capacity_factor * x.size(0) * k / E) if capacity_factor else None
+    taken = [0] * E
+    out = torch.zeros_like(x)
+    for t in range(x.size(0)):
+        logits = router.weight @ x[t]
+        scores = logits.softmax(-1) if router.gate == "softmax" else logits.sigmoid()
+        chosen = torch.topk(scores + router.bias, k).indices.tolist()
+        weights = [scores[e] for e in chosen]
+        if router.renormalize and k > 1:
+            weights = [w / sum(weights) for w in weights]
+        for e, w in zip(chosen, weights):
+            if capacity is not None and taken[e] >= capacity:
+                continue  # dropped: the token keeps only its residual (and the shared experts)
+            taken[e] += 1
+            hidden = F.silu(experts.gate[e] @ x[t]) * (experts.up[e] @ x[t])
+            out[t] += w * (experts.down[e] @ hidden)
+        if moe.shared is not None:
+            out[t] += moe.shared(x[t])
+    return out
+
+
+@pytest.mark.parametrize("kw", [
+    dict(gate="softmax", top_k=1, n_shared_experts=1),
+    dict(gate="softmax", top_k=2, n_shared_experts=0, renormalize=False),
+    dict(gate="sigmoid", top_k=1, n_shared_experts=2),
+    dict(gate="sigmoid", top_k=2, n_shared_experts=1),
+    dict(gate="softmax", top_k=1, n_shared_experts=1, capacity_factor=0.75),
+    dict(gate="sigmoid", top_k=2, n_shared_experts=1, capacity_factor=0.5),
+])
+def test_moe_layer_equals_per_token_reference(kw, dispatch):
+    moe = moe_layer(**kw).train()
+    with torch.no_grad():
+        moe.router.bias.copy_(torch.tensor([0.0, 0.3, -0.2, 0.1, 0.0, 0.05, -0.1, 0.2]))  # used for choosing only
+    x = torch.randn(2, 12, 32)
+    out = moe(x)
+    expected = reference_moe(moe, x.view(24, 32), kw.get("capacity_factor", 0.0)).view(2, 12, 32)
+    assert torch.allclose(out, expected, atol=1e-5)
+    dropped = moe.stats["dropped"]
+    assert (dropped > 0) if "capacity_factor" in kw else (dropped == 0)
+
+
+def test_capacity_drops_overflow_in_training_only():
+    moe = moe_layer(capacity_factor=0.5).train()
+    x = torch.randn(4, 16, 32)
+    moe(x)
+    assert moe.stats["dropped"] >= 0.5  # half the slots there are assignments: at least half are dropped
+    moe.eval()
+    assert torch.allclose(moe(x), reference_moe(moe, x.view(64, 32)).view(4, 16, 32), atol=1e-5)
+    assert moe.stats["dropped"] == 0
+
+
+def test_each_assignment_runs_its_expert_once():
+    # no expert computed for tokens that did not choose it: the experts see N*k rows in all
+    moe = moe_layer(top_k=2)
+    rows = []
+    moe.experts.register_forward_hook(lambda module, args, out: rows.append((args[0].shape[0], out.shape[0])))
+    moe(torch.randn(3, 10, 32))
+    assert rows == [(30 * 4, 30 * 4)]  # 30 tokens x (top_k 2 x granularity 2)
+
+
+# ----------------------------------------------------------------------------- granularity, gradients, router
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_granularity_keeps_total_and_active_expert_parameters(m):
+    base = mm.MoEGPT(config(granularity=1, n_routed_experts=4, top_k=2))
+    fine = mm.MoEGPT(config(granularity=m, n_routed_experts=4, top_k=2))
+    moe = fine.h[0].mlp
+    assert (moe.n_experts, moe.top_k, moe.experts.down.size(-1)) == (4 * m, 2 * m, base.h[0].mlp.experts.down.size(-1) // m)
+    router_growth = 2 * 32 * 4 * (m - 1)  # the only difference: 2 layers' routers gain 4(m - 1) rows of 32
+    for kind in ("total", "active"):
+        assert fine.param_counts()[kind] - router_growth == base.param_counts()[kind]
+
+
+def test_active_parameters_match_the_dense_model():
+    # moe_hidden 0: the shared expert and the chosen experts hold as many hidden units as the dense SwiGLU
+    moe = mm.MoEGPT(mm.MoEGPTConfig(**mm.PRESETS["cpu"], vocab_size=65)).param_counts()
+    dense = modern_gpt.ModernGPT(modern_gpt.ModernGPTConfig(**modern_gpt.PRESETS["cpu"], vocab_size=65)).param_counts()
+    routers = 4 * 16 * 128
+    assert moe["active"] - routers == dense["active"]
+    assert moe["total"] > 3 * dense["total"]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(gate="softmax", top_k=1, granularity=1),  # top-1: a softmax over the chosen expert alone would be 1
+    dict(gate="softmax", top_k=2, granularity=1),
+    dict(gate="softmax", top_k=1, granularity=2),
+    dict(gate="sigmoid", top_k=1, granularity=1),
+    dict(gate="sigmoid", top_k=2, granularity=2, n_shared_experts=0),
+])
+def test_router_and_every_chosen_expert_get_gradient_from_the_lm_loss(kw):
+    model = tiny(aux_loss_weight=0.0, z_loss_weight=0.0, **kw).train()  # no auxiliary terms: LM loss only
+    idx = torch.randint(0, VOCAB, (2, 16))
+    _, loss = model(idx, torch.randint(0, VOCAB, (2, 16)))
+    loss.backward()
+    for moe in model.moe_layers():
+        assert moe.router.weight.grad.abs().sum() > 0
+        load = moe.stats["load"]
+        for e in range(moe.n_experts):
+            grads = [w.grad[e].abs().sum() for w in (moe.experts.gate, moe.experts.up, moe.experts.down)]
+            assert all(g > 0 for g in grads) == (load[e] > 0), f"expert {e}: load {load[e]}, gradients {grads}"
+
+
+def test_router_runs_in_float32_under_autocast():
+    router = moe_layer().router
+    x = torch.randn(10, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, weights, logits, _ = router(x)
+    assert logits.dtype == weights.dtype == torch.float32
+    assert torch.allclose(logits, x @ router.weight.T, atol=1e-5)
+
+
+def test_router_noise_only_in_training():
+    moe = moe_layer(router_noise=0.5)
+    x = torch.randn(64, 32)
+    moe.train()
+    assert not torch.equal(moe.router(x)[2], moe.router(x)[2])
+    moe.eval()
+    assert torch.allclose(moe.router(x)[2], x @ moe.router.weight.T, atol=1e-6)
+
+
+def test_bias_changes_the_choice_not_the_weight():
+    moe = moe_layer(top_k=1, granularity=1)
+    x = torch.randn(20, 32)
+    with torch.no_grad():
+        moe.router.bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
+    experts, weights, _, scores = moe.router(x)
+    assert (experts == 0).all()
+    assert torch.equal(weights[:, 0], scores[:, 0])
+
+
+# ----------------------------------------------------------------------------- balancing
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+def test_balancing_loss_is_minimal_for_uniform_routing(gate):
+    moe = moe_layer(gate=gate, granularity=1, top_k=1, n_routed_experts=4)
+    with torch.no_grad():
+        moe.router.weight.copy_(torch.eye(4, 32) * 20)
+    uniform = torch.eye(4, 32).repeat(8, 1).view(2, 16, 32)  # token t points at expert t % 4
+    moe(uniform)
+    assert moe.stats["load"].tolist() == [0.25] * 4
+    assert math.isclose(moe.aux_loss.item(), 1.0, rel_tol=1e-5)  # N * sum_i (1/N)(1/N)
+    skewed = torch.eye(4, 32)[0].repeat(32, 1).view(2, 16, 32)  # every token points at expert 0
+    moe(skewed)
+    assert moe.aux_loss.item() > 1.5  # 4 P_0: ~4 for softmax, 1.6 for these sigmoid scores (1 vs 0.5 each)
+
+
+def test_z_loss_is_mean_squared_logsumexp():
+    moe = moe_layer()
+    x = torch.randn(1, 8, 32)
+    moe(x)
+    logits = x[0] @ moe.router.weight.T
+    assert torch.allclose(moe.z_loss, torch.logsumexp(logits, -1).pow(2).mean())
+
+
+def test_bias_update_reduces_imbalance_of_a_skewed_router():
+    model = tiny(bias_update_rate=0.01, granularity=1, top_k=1, n_routed_experts=4, aux_loss_weight=0.0)
+    moe = model.h[0].mlp
+    torch.manual_seed(1)
+    direction = F.normalize(torch.randn(32), dim=0)
+    with torch.no_grad():
+        moe.router.weight[0] += 0.5 * direction  # expert 0 attracts most tokens
+    x = torch.randn(4, 16, 32) + 2 * direction
+    imbalance = []  # the busiest expert's load over the mean load: 1 = uniform, 4 = one expert takes all
+    for _ in range(100):
+        with torch.no_grad():
+            moe(x)  # a training-mode pass counts assignments
+        imbalance.append(max(moe.stats["load"].tolist()) * moe.n_experts)
+        model.update_balance_bias()  # one fixed-size step per "optimizer step"
+    assert moe.counts is None
+    assert imbalance[0] > 3.5
+    assert sum(imbalance[-20:]) / 20 < 1.6  # a sign step oscillates around balance, close to it
+    assert moe.router.bias[0] < 0 < moe.router.bias[1:].min()  # the overloaded expert's bias went down
+
+
+def test_balance_bias_ignores_eval_passes_and_is_off_at_rate_zero():
+    model = tiny(bias_update_rate=0.1).eval()
+    model(torch.randint(0, VOCAB, (2, 8)))
+    model.update_balance_bias()
+    assert all(moe.router.bias.abs().sum() == 0 for moe in model.moe_layers())
+    model = tiny(bias_update_rate=0.0).train()
+    model(torch.randint(0, VOCAB, (2, 8)))
+    model.update_balance_bias()
+    assert all(moe.router.bias.abs().sum() == 0 for moe in model.moe_layers())
+
+
+def test_training_loss_adds_weighted_auxiliary_terms_eval_loss_does_not():
+    model = tiny(aux_loss_weight=0.1, z_loss_weight=0.01, first_dense_layers=1)
+    idx, targets = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
+    model.train()
+    logits, loss = model(idx, targets)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    moe = model.h[1].mlp
+    assert model.moe_layers() == [moe]
+    assert torch.allclose(loss, ce + 0.1 * moe.aux_loss + 0.01 * moe.z_loss)
+    model.eval()
+    logits, loss = model(idx, targets)
+    assert torch.allclose(loss, F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+
+
+def test_moe_stats_for_train_py():
+    model = tiny(capacity_factor=0.5).train()
+    model(torch.randint(0, VOCAB, (2, 16)))
+    stats = model.moe_stats()
+    assert set(stats) == {"aux_loss", "z_loss", "dropped", "expert_load"}
+    assert all(isinstance(stats[name], float) for name in ("aux_loss", "z_loss", "dropped"))
+    assert stats["dropped"] > 0
+    load = torch.tensor(stats["expert_load"])
+    assert load.shape == (2, 8) and torch.allclose(load.sum(1), torch.ones(2))
+    json.dumps(stats)  # train.py writes it to its JSONL log
+
+
+def test_flops_per_token_counts_active_parameters():
+    model = tiny()
+    n = model.param_counts()["active"]
+    assert n < model.param_counts()["total"]
+    assert model.flops_per_token(16) == 6 * n + 12 * 2 * 32 * 16
+
+
+def test_bad_config_gets_a_clear_error():
+    with pytest.raises(ValueError, match="granularity 5 must be"):
+        tiny(granularity=5)
+    with pytest.raises(ValueError, match="top_k 5 must be between"):
+        tiny(top_k=5)
+    with pytest.raises(ValueError, match="unknown gate"):
+        tiny(gate="relu")
+
+
+def test_shared_blocks_are_identical_to_modern_gpt():
+    for name in ["RMSNorm", "RotaryEmbedding", "KVCache", "causal_attention", "CausalSelfAttention", "swiglu_hidden",
+                 "SwiGLU", "sample_next_token", "gpt2_encoding", "Tokenizer", "load_dataset", "cached_bpe_ids",
+                 "get_batch"]:
+        assert inspect.getsource(getattr(mm, name)) == inspect.getsource(getattr(modern_gpt, name)), name
+
+
+# ----------------------------------------------------------------------------- train.py
+
+def test_train_py_end_to_end_logs_expert_load_and_updates_the_bias(tmp_path):
+    out = str(tmp_path / "run")
+    args = ["--model_type", "moegpt", "--tokenizer", "char", "--B", "4", "--T", "16", "--n_layer", "2", "--n_head", "2",
+            "--n_kv_head", "1", "--n_embd", "32", "--max_steps", "4", "--eval_interval", "4", "--eval_iters", "2",
+            "--sample_tokens", "8", "--device", "cpu", "--out_dir", out, "--bias_update_rate", "0.01",
+            "--capacity_factor", "1.0", "--first_dense_layers", "1"]
+    result = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| aux_loss" in result.stdout and "| dropped" in result.stdout and "val loss" in result.stdout
+    with open(os.path.join(out, "log.jsonl")) as f:
+        steps = [r for r in map(json.loads, f) if "loss" in r]
+    assert len(steps) == 4 and len(steps[-1]["expert_load"]) == 1 and len(steps[-1]["expert_load"][0]) == 16
+    assert os.path.getsize(os.path.join(out, "expert_load.png")) > 1000
+    model, tokenizer = mm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert model.h[1].mlp.router.bias.abs().sum() > 0  # the balancing bias is saved with the weights
+    sample = subprocess.run([sys.executable, "moe_gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt", "ROMEO:",
+                             "--max_new_tokens", "10", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert sample.returncode == 0, sample.stderr
+    assert "ROMEO:" in sample.stdout and "active" in sample.stdout
