@@ -1,0 +1,669 @@
+"""
+fgram_moe.py - a character-level RoPE + mixture-of-experts model with causal F-gram
+(n-gram) contextual embeddings, in one file: the model, KV-cache generation, tokenizers, data.
+
+The idea of the public project NanoMoE, done so that it works. Each block is
+
+    x = x + attn(norm_1(x))   rotary self-attention (RoFormer, arXiv 2104.09864), RMSNorm (arXiv 1910.07467)
+    x = x + moe(norm_2(x))    top-k routed SwiGLU experts with a load-balancing loss (Switch
+                              Transformer, arXiv 2101.03961; the same layer as moe_gpt.py)
+
+and the input of the first block is each character's embedding plus, through a learned
+gate, embeddings of the n-grams (n = 2..fgram_max_n) that END at that character:
+
+    e_t = wte[x_t] + sum_n  g_{t,n} * f(x_{t-n+1} .. x_t)     g_{t,n} = sigmoid(W_n [wte[x_t]; f] + b_n)
+
+- the n-gram vocabulary is mined from the training split (the fgram_vocab_size most frequent
+  n-grams, deterministic) and saved in the checkpoint;
+- position t reads only tokens t-n+1..t, so no n-gram leaks the future, and all positions
+  are looked up at once with a binary search over integer keys (no Python loop over batch
+  or time);
+- f(.) is a small Transformer block run over the n-gram's own characters, computed once per
+  forward pass for the whole n-gram vocabulary, so every n-gram's vector is learned from
+  the characters it is made of.
+
+fgram_max_n 0 turns the F-grams off and leaves a plain char-level MoE. NanoMoE's own code
+never matched an n-gram (it compared integer tuples to strings), hard-coded its list, looped
+over batch and time in Python, and its router got no gradient.
+
+Run it:
+    python train.py --model_type fgram                          # char-level Tiny Shakespeare, CPU recipe
+    python train.py --model_type fgram --fgram_max_n 0          # the same model without F-grams
+    python fgram_moe.py --ckpt out/ckpt.pt --prompt "ROMEO:"    # sample from a checkpoint
+
+The file imports only torch, numpy, tiktoken and the standard library: copy it
+together with data/gpt2.tiktoken into another project and it works.
+"""
+import argparse
+import base64
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import tiktoken
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODEL_TYPE = "fgram"
+DEFAULT_TOKENIZER = "char"  # NanoMoE's model is character-level; --tokenizer gpt2 works too
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+@dataclass
+class FgramMoEConfig:
+    block_size: int = 64  # longest context; length of the rotary tables and the KV cache
+    vocab_size: int = 65  # the characters of Tiny Shakespeare (train.py sets it from the corpus)
+    n_layer: int = 4  # number of Transformer blocks
+    n_head: int = 4  # query heads; n_embd must be a multiple of it
+    n_kv_head: int = 4  # key/value heads (n_head: plain multi-head attention)
+    n_embd: int = 128  # width of the residual stream
+    mlp_hidden: int = 0  # SwiGLU hidden size before rounding; 0 = 8/3 n_embd
+    multiple_of: int = 64  # the SwiGLU hidden size is rounded up to a multiple of this
+    rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotation
+    norm_eps: float = 1e-5  # added to the mean square in RMSNorm
+    dropout: float = 0.1  # on embeddings, attention weights and residual branches
+    fgram_max_n: int = 3  # longest n-gram; 0 turns F-grams off (2 = bigrams only)
+    fgram_vocab_size: int = 1024  # n-grams mined from the training split (all orders together)
+
+
+PRESETS = {
+    "cpu": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, block_size=64),  # NanoMoE's defaults
+}
+
+
+# ----------------------------------------------------------------------------- model
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * gain (Zhang & Sennrich 2019, arXiv 1910.07467, eq. 4):
+    LayerNorm without the mean subtraction and the bias. Computed in float32."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).type_as(x)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34).
+
+    Each pair of channels of a query or key at position p is rotated by the angle
+    p * theta^(-2i/hd); a dot product of rotated q (at m) and k (at n) then depends on
+    m - n only. The pairs are (i, i + hd/2), as in GPT-NeoX and Hugging Face's Llama: the
+    paper's adjacent pairs (2i, 2i+1) up to a fixed reordering of the head's channels,
+    which leaves q . k unchanged. cos and sin are tabled for positions 0 .. max_len - 1.
+    """
+
+    def __init__(self, head_dim, max_len, theta=10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x, start=0):
+        """Rotate x (B, nh, T, hd) as the positions start .. start + T - 1."""
+        T = x.size(2)
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
+        x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
+        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return rotated.type_as(x)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer.
+
+    Preallocated as (B, n_head, max_len, head_dim); `pos` counts the filled positions.
+    """
+
+    def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
+        self.k = torch.zeros(batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0
+
+    def append(self, k, v):
+        """Store k, v (B, nh, t, hd) after the cached positions; return all keys and values so far."""
+        t = k.size(2)
+        self.k[:, :, self.pos:self.pos + t] = k
+        self.v[:, :, self.pos:self.pos + t] = v
+        self.pos += t
+        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
+
+
+def causal_attention(q, k, v, dropout_p, new_positions):
+    """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
+
+    q is (B, nh, t, hd) for the last t positions; k, v (B, n_kv, S, hd) hold all S positions,
+    with n_kv dividing nh: each group of nh / n_kv query heads reads one key/value head.
+    """
+    t, S = q.size(2), k.size(2)
+    grouped = k.size(1) != q.size(1)
+    if t == S:  # no cache, or the prompt's first pass: the plain causal mask
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
+    if t == 1:  # one new token sees every cached position
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=grouped)
+    # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
+    mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped)
+
+
+class CausalSelfAttention(nn.Module):
+    """Grouped-query self-attention with rotary positions; one fused Linear for q, k and v."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
+            raise ValueError(f"n_embd {config.n_embd} must be a multiple of n_head {config.n_head}, "
+                             f"and n_head a multiple of n_kv_head {config.n_kv_head}")
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_proj.residual_branch_end = True  # see ModernGPT._init_weights
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
+        self.rotary = RotaryEmbedding(self.head_dim, config.block_size, config.rope_theta)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        # split into heads and move heads next to batch: q (B, nh, T, hd), k and v (B, n_kv, T, hd)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        start = cache.pos if cache is not None else 0  # the new tokens' positions start after the cached ones
+        q = self.rotary(self.q_norm(q), start)
+        k = self.rotary(self.k_norm(k), start)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd): keys are stored already rotated
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, T)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
+    """SwiGLU hidden size: mlp_hidden, or 8/3 n_embd when 0 (three matrices of C x 8C/3 hold as many
+    parameters as the GELU MLP's two of C x 4C, Shazeer 2020 §2), rounded up to multiple_of."""
+    hidden = mlp_hidden or int(8 * n_embd / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (Shazeer 2020, arXiv 2002.05202, eq. 6): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, n_embd, hidden, dropout=0.0):
+        super().__init__()
+        self.gate = nn.Linear(n_embd, hidden, bias=False)
+        self.up = nn.Linear(n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, n_embd, bias=False)
+        self.down.residual_branch_end = True
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
+        hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
+        self.mlp = SwiGLU(config.n_embd, hidden, config.dropout)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.norm_1(x), cache)
+        x = x + self.mlp(self.norm_2(x))
+        return x
+
+
+# ----------------------------------------------------------------------------- F-gram embeddings
+
+def mine_fgrams(ids, vocab_size, max_n, table_size):
+    """The table_size most frequent n-grams (n = 2..max_n, all counted together) of `ids`.
+
+    Returns a (table_size, max_n) int64 array, one n-gram per row, most frequent first: its
+    tokens oldest first, then -1 (rows past the corpus's distinct n-grams are all -1). Each
+    n-gram is counted as one int64 key (see fgram_keys); equal counts go to the smaller key,
+    so the same ids always give the same table."""
+    ids = np.asarray(ids, dtype=np.int64)
+    powers = (vocab_size + 1) ** np.arange(max_n, dtype=np.int64)
+    keys, counts = [], []
+    for n in range(2, max_n + 1):
+        windows = np.lib.stride_tricks.sliding_window_view(ids, n)  # (L - n + 1, n), a view of ids
+        unique, count = np.unique((windows + 1) @ powers[:n], return_counts=True)
+        keys.append(unique)
+        counts.append(count)
+    keys, counts = np.concatenate(keys), np.concatenate(counts)
+    best = keys[np.lexsort((keys, -counts))[:table_size]]  # by count, high to low, then by key
+    table = np.full((table_size, max_n), -1, dtype=np.int64)
+    table[:len(best)] = best[:, None] // powers % (vocab_size + 1) - 1  # the key's digits, back to ids
+    return table
+
+
+def fgram_keys(tokens, vocab_size):
+    """One int64 key per n-gram, tokens (..., n) oldest first: sum_j (token_j + 1) * (vocab_size + 1)^j.
+    -1 ("no token") is the digit 0 and every real token a digit >= 1, so no two n-grams of any
+    lengths share a key, and an unused table row (all -1) has the key 0, which no n-gram has."""
+    powers = (vocab_size + 1) ** torch.arange(tokens.size(-1), device=tokens.device)
+    return ((tokens + 1) * powers).sum(-1)
+
+
+def lookup_fgrams(idx, table, vocab_size):
+    """The row of `table` holding the n-gram that ends at each position, for n = 2..max_n.
+
+    idx (B, T) token ids -> (B, T, max_n - 1) row numbers, -1 where that n-gram is not in the
+    table or would begin before idx does. Position t reads only tokens t-n+1..t (causal); all
+    positions are looked up at once by a binary search of their keys among the table's sorted
+    keys (torch.searchsorted) and an equality check."""
+    sorted_keys, order = fgram_keys(table, vocab_size).sort()  # (F,)
+    rows = []
+    for n in range(2, table.size(1) + 1):  # a loop over the orders only, never over batch or time
+        windows = F.pad(idx, (n - 1, 0), value=-1).unfold(1, n, 1)  # (B, T, n): tokens t-n+1..t
+        keys = fgram_keys(windows, vocab_size).masked_fill((windows < 0).any(-1), -1)  # no key is -1
+        slot = torch.searchsorted(sorted_keys, keys).clamp(max=len(sorted_keys) - 1)
+        rows.append(torch.where(sorted_keys[slot] == keys, order[slot], -1))
+    return torch.stack(rows, dim=-1)
+
+
+class FgramEncoder(nn.Module):
+    """One vector per mined n-gram, from its characters: a pre-norm Transformer block (rotary
+    causal attention + SwiGLU) over the F n-grams as a batch of F short sequences. An n-gram's
+    vector is the output at its last character, which attends to all of its characters and,
+    being causal, never to the padding after them."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
+        hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
+        self.mlp = SwiGLU(config.n_embd, hidden, config.dropout)
+
+    def forward(self, chars, lengths):
+        """chars (F, max_n, C) character embeddings, lengths (F,) -> (F, C)."""
+        x = chars + self.attn(self.norm_1(chars))
+        x = x + self.mlp(self.norm_2(x))
+        last = (lengths - 1).clamp(min=0)  # an unused row (length 0) gives a vector nobody looks up
+        return x[torch.arange(len(x), device=x.device), last]
+
+
+class FgramGate(nn.Module):
+    """Merges the n-gram vectors into the token embeddings, one learned gate per order n:
+    e_t = x_t + sum_n g_{t,n} * f_{t,n},  g_{t,n} = sigmoid(W_n [x_t; f_{t,n}] + b_n) per channel,
+    with f_{t,n} = 0 where the n-gram ending at t is not in the table."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gates = nn.ModuleList([nn.Linear(2 * config.n_embd, config.n_embd) for _ in range(config.fgram_max_n - 1)])
+
+    def forward(self, x, vectors, rows):
+        """x (B, T, C) token embeddings, vectors (F, C), rows (B, T, max_n - 1) -> (B, T, C)."""
+        merged = x
+        for n, gate in enumerate(self.gates):
+            found = rows[..., n:n + 1] >= 0  # (B, T, 1)
+            f = vectors[rows[..., n].clamp(min=0)] * found  # (B, T, C)
+            merged = merged + torch.sigmoid(gate(torch.cat([x, f], dim=-1))) * f
+        return merged
+
+
+class FgramMoECache:
+    """What cached generation keeps between forward passes: a KVCache per layer, the last
+    fgram_max_n - 1 tokens (the n-grams ending at the next position begin among them), and
+    the n-gram vectors, which stay fixed while the weights do."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.recent_tokens = None  # (B, <= fgram_max_n - 1)
+        self.fgram_vectors = None  # (F, C)
+
+    @property
+    def pos(self):
+        return self.layers[0].pos
+
+
+class FgramMoE(nn.Module):
+    """Token embedding + gated F-gram embeddings, n_layer MoE blocks, final RMSNorm, tied LM head."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.fgram_max_n == 1 or config.fgram_max_n < 0:
+            raise ValueError(f"fgram_max_n {config.fgram_max_n}: use 0 (no F-grams) or an n-gram length >= 2")
+        if config.fgram_max_n and (config.vocab_size + 1) ** config.fgram_max_n >= 2 ** 63:
+            raise ValueError(f"{config.fgram_max_n}-grams of a {config.vocab_size}-token vocabulary do not fit "
+                             "an int64 key: use a smaller --fgram_max_n")
+        if config.fgram_max_n and config.fgram_vocab_size < 1:
+            raise ValueError("fgram_vocab_size must be at least 1 (or turn F-grams off with --fgram_max_n 0)")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings; no position table
+        if config.fgram_max_n:
+            # the mined n-grams: a buffer, so it is saved in the checkpoint; all -1 until prepare_data
+            self.register_buffer("fgram_table", torch.full((config.fgram_vocab_size, config.fgram_max_n), -1))
+            self.fgram_encoder = FgramEncoder(config)
+            self.fgram_gate = FgramGate(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # N(0, 0.02) as GPT-2; the Linear that ends each residual branch is scaled by
+        # 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_branch_end", False):
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @torch.no_grad()
+    def prepare_data(self, train_ids):
+        """Mine the n-gram table from the training ids (train.py calls this once on a new model)."""
+        if not self.config.fgram_max_n:
+            return
+        if len(train_ids) and int(train_ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"token id {int(train_ids.max())} is outside the vocabulary of {self.config.vocab_size}")
+        table = mine_fgrams(train_ids, self.config.vocab_size, self.config.fgram_max_n, self.config.fgram_vocab_size)
+        self.fgram_table.copy_(torch.from_numpy(table))
+
+    def fgram_vectors(self):
+        """(F, C): every mined n-gram through the encoder, once per forward pass."""
+        table = self.fgram_table
+        return self.fgram_encoder(self.wte(table.clamp(min=0)), (table >= 0).sum(dim=1))
+
+    def embed(self, idx, cache):
+        """Token embeddings (B, T, C) with the F-gram embeddings merged in. With a cache the
+        n-grams at the first new positions begin among the cached tokens kept in it."""
+        x = self.wte(idx)
+        if not self.config.fgram_max_n:
+            return x
+        context = idx if cache is None or cache.recent_tokens is None else torch.cat([cache.recent_tokens, idx], 1)
+        rows = lookup_fgrams(context, self.fgram_table, self.config.vocab_size)[:, -idx.size(1):]
+        if cache is None:
+            return self.fgram_gate(x, self.fgram_vectors(), rows)
+        cache.recent_tokens = context[:, -(self.config.fgram_max_n - 1):]
+        if cache.fgram_vectors is None:
+            cache.fgram_vectors = self.fgram_vectors()
+        return self.fgram_gate(x, cache.fgram_vectors, rows)
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy
+        against targets (B, T) when given (positions marked -100 are ignored).
+        With `cache` (from new_cache) idx continues the cached positions."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        x = self.drop(self.embed(idx, cache))  # (B, T, C); positions are rotated into q and k in each layer
+        for i, block in enumerate(self.h):
+            x = block(x, cache.layers[i] if cache is not None else None)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def new_cache(self, batch_size):
+        """An empty cache: a KVCache per layer (n_kv_head heads each) as long as the context."""
+        c = self.config
+        w = self.wte.weight
+        return FgramMoECache([KVCache(batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
+                              for _ in range(c.n_layer)])
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+        """Append max_new_tokens tokens to idx (B, T). temperature 0 is greedy decoding.
+
+        With the cache each new token costs one position's worth of compute; once the
+        context is full the window slides and the cache is rebuilt from the last
+        block_size - 1 tokens, exactly what the cache-less path computes.
+        """
+        block_size = self.config.block_size
+        cache = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(idx[:, -block_size:])
+            elif cache is None or cache.pos == block_size:
+                cache = self.new_cache(idx.size(0))
+                window = block_size - 1 if idx.size(1) >= block_size else block_size
+                logits, _ = self(idx[:, -window:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
+            idx = torch.cat((idx, next_token), dim=1)
+        return idx
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay on matrices and embeddings only (not on norm gains and biases)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")  # fused AdamW kernels exist for these devices
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def param_counts(self):
+        """Total parameters (the tied head counted once) and those active per token."""
+        total = sum(p.numel() for p in self.parameters())
+        return {"total": total, "active": total}
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
+        6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention."""
+        c = self.config
+        return 6 * self.param_counts()["active"] + 12 * c.n_layer * c.n_embd * seq_len
+
+
+Config, Model = FgramMoEConfig, FgramMoE  # the names train.py looks for in every model file
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
+    """Pick one token per row of logits (B, V): greedy at temperature 0, else sample after
+    keeping the top_k most likely tokens and/or the smallest set whose probability >= top_p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of better tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+# ----------------------------------------------------------------------------- tokenizers and data
+
+def gpt2_encoding(path=os.path.join(DATA_DIR, "gpt2.tiktoken")):
+    """GPT-2's BPE as a tiktoken Encoding, built from the ranks file with no network access.
+    Each line of gpt2.tiktoken is `base64(token bytes) rank`; <|endoftext|> (50256) is added."""
+    if not os.path.exists(path):
+        return tiktoken.get_encoding("gpt2")  # downloads the ranks once, then caches them
+    with open(path, "rb") as f:
+        ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+    )
+
+
+class Tokenizer:
+    """GPT-2 BPE (kind "gpt2") or characters (kind "char", vocabulary = `chars`, in id order).
+
+    `state()` is what a checkpoint stores to rebuild the same tokenizer: Tokenizer(**state)."""
+
+    def __init__(self, kind="gpt2", chars=None):
+        self.kind = kind
+        if kind == "gpt2":
+            self.bpe = gpt2_encoding()
+            self.vocab_size = self.bpe.n_vocab
+        elif kind == "char":
+            if not chars:
+                raise ValueError("a char tokenizer needs its vocabulary (the characters of the corpus)")
+            self.chars = chars
+            self.char_to_id = {ch: i for i, ch in enumerate(chars)}
+            self.vocab_size = len(chars)
+        else:
+            raise ValueError(f"unknown tokenizer {kind!r}: use gpt2 or char")
+
+    def encode(self, text):
+        if self.kind == "gpt2":
+            return self.bpe.encode_ordinary(text)
+        unknown = set(text) - self.char_to_id.keys()
+        if unknown:
+            raise ValueError(f"characters {''.join(sorted(unknown))!r} are not in this char vocabulary")
+        return [self.char_to_id[ch] for ch in text]
+
+    def decode(self, ids):
+        if self.kind == "gpt2":
+            return self.bpe.decode(list(ids))
+        return "".join(self.chars[i] for i in ids)
+
+    def state(self):
+        return {"kind": "gpt2"} if self.kind == "gpt2" else {"kind": "char", "chars": self.chars}
+
+
+def load_dataset(path, tokenizer_kind="gpt2", chars=None, cache_dir=None):
+    """Token ids for training and validation, and the tokenizer.
+
+    `path` is a text file (split 90/10 into train/val; GPT-2 BPE ids are cached as
+    uint16 next to it, or in cache_dir if that folder is read-only) or a folder with nanoGPT-style train.bin and val.bin
+    (uint16 GPT-2 token ids, used as they are). A char vocabulary is the sorted set of
+    the corpus's characters unless `chars` (e.g. from a checkpoint) is given.
+    Returns (train_ids, val_ids, tokenizer), the ids as 1-D numpy arrays."""
+    if os.path.isdir(path):
+        bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
+        missing = [b for b in bins if not os.path.exists(b)]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]} not found: a data folder needs train.bin and val.bin")
+        if tokenizer_kind != "gpt2":
+            raise ValueError(f"{path} holds GPT-2 token ids (train.bin/val.bin): use --tokenizer gpt2")
+        train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
+        return train, val, Tokenizer("gpt2")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} not found: pass --data with a text file or a train.bin/val.bin folder")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if tokenizer_kind == "char":  # encoding characters is a table lookup: no cache needed
+        tokenizer = Tokenizer("char", chars or "".join(sorted(set(text))))
+        ids = np.array(tokenizer.encode(text), dtype=np.uint16)
+    else:
+        tokenizer = Tokenizer(tokenizer_kind)
+        ids = cached_bpe_ids(path, text, tokenizer, cache_dir)
+    n_train = int(0.9 * len(ids))
+    return ids[:n_train], ids[n_train:], tokenizer
+
+
+def cached_bpe_ids(path, text, tokenizer, fallback_dir=None):
+    """GPT-2 token ids of `text` (read from `path`), kept as uint16 in `<path>.gpt2.bin` next to
+    the text, or in fallback_dir where that folder is read-only, so a corpus is tokenized once.
+    A cache counts while it is newer than the text."""
+    name = os.path.basename(path) + ".gpt2.bin"
+    caches = [os.path.join(os.path.dirname(os.path.abspath(path)), name)]
+    if fallback_dir:
+        caches.append(os.path.join(fallback_dir, name))
+    for cache in caches:
+        if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+            return np.fromfile(cache, dtype=np.uint16)
+    ids = np.array(tokenizer.encode(text), dtype=np.uint16)  # GPT-2's 50,257 ids fit in 16 bits
+    for cache in caches:
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            ids.tofile(cache + ".tmp")
+            os.replace(cache + ".tmp", cache)  # atomic: a reader never sees half a file
+            break
+        except OSError:
+            continue  # read-only: try the next folder (or tokenize again next time)
+    return ids
+
+
+def get_batch(data, batch_size, block_size, generator, device="cpu"):
+    """batch_size random windows of block_size + 1 tokens: inputs x and next-token targets y, (B, T)."""
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    windows = data[starts[:, None] + np.arange(block_size + 1)]  # (B, T + 1), one fancy-index read
+    windows = torch.from_numpy(windows.astype(np.int64))
+    x, y = windows[:, :-1], windows[:, 1:]
+    if device.startswith("cuda"):  # page-locked memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------- checkpoints and demo
+
+def load_checkpoint(path, device="cpu"):
+    """The model (eval mode) and tokenizer stored by train.py at `path`; only tensors and
+    plain Python values are read (torch.load(weights_only=True)), nothing is unpickled."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if ckpt.get("model_type") != MODEL_TYPE:
+        raise ValueError(f"{path} holds a {ckpt.get('model_type')!r} model, not {MODEL_TYPE!r}: use that model's file")
+    model = FgramMoE(FgramMoEConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Sample from an F-gram MoE checkpoint, or from random weights.")
+    parser.add_argument("--ckpt", help="checkpoint written by train.py (default: random init of --preset)")
+    parser.add_argument("--preset", default="cpu", choices=PRESETS)
+    parser.add_argument("--data", default=os.path.join(os.path.dirname(DATA_DIR), "input.txt"),
+                        help="without --ckpt: the corpus that gives the characters and the n-grams")
+    parser.add_argument("--prompt", default="\n")
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top_k", type=int, default=200)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    try:
+        if args.ckpt:
+            model, tokenizer = load_checkpoint(args.ckpt, args.device)
+        else:
+            train_ids, _, tokenizer = load_dataset(args.data, DEFAULT_TOKENIZER)
+            model = FgramMoE(FgramMoEConfig(**PRESETS[args.preset], vocab_size=tokenizer.vocab_size))
+            model.prepare_data(train_ids)
+            model = model.to(args.device).eval()
+        prompt = tokenizer.encode(args.prompt)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}")
+    counts = model.param_counts()
+    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters, {model.config}")
+    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    for row in out.tolist():
+        print(tokenizer.decode(row))
+        print("-" * 40)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""fgram_moe.py: the model's invariants, F-gram mining and lookup against plain references,
+the F-gram encoder and gate, F-grams off, and train.py end to end."""
+import collections
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fgram_moe as fm
+import modern_gpt as mg
+from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
+                          check_kv_cache_matches_recompute, check_overfits_one_batch)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 8  # few characters, so random sequences are full of mined n-grams
+FULL = 1200  # every bigram and trigram of corpus(), and the most frequent 4-grams
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two fight each other on a busy machine (100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def corpus(length=20000, seed=0):
+    """Random ids with structure: most tokens follow their predecessor's favourite successor."""
+    rng = np.random.default_rng(seed)
+    ids = [0]
+    for _ in range(length - 1):
+        ids.append((3 * ids[-1] + 1) % VOCAB if rng.random() < 0.6 else int(rng.integers(VOCAB)))
+    return np.array(ids, dtype=np.uint16)
+
+
+def tiny(prepared=True, **kw):
+    torch.manual_seed(0)
+    config = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=2, n_kv_head=2, n_embd=32, multiple_of=16,
+                  dropout=0.0, fgram_max_n=3, fgram_vocab_size=128)
+    model = fm.FgramMoE(fm.FgramMoEConfig(**{**config, **kw}))
+    if prepared:
+        model.prepare_data(corpus())
+    return model
+
+
+def brute_force_lookup(idx, table):
+    """The reference: a Python loop over batch, time and order with a dict of the table's rows."""
+    row_of = {tuple(t for t in row if t >= 0): i for i, row in enumerate(table.tolist()) if row[0] >= 0}
+    B, T = idx.shape
+    out = torch.full((B, T, table.size(1) - 1), -1, dtype=torch.long)
+    for b in range(B):
+        for t in range(T):
+            for n in range(2, table.size(1) + 1):
+                if t - n + 1 >= 0:
+                    out[b, t, n - 2] = row_of.get(tuple(idx[b, t - n + 1:t + 1].tolist()), -1)
+    return out
+
+
+# ----------------------------------------------------------------------------- the generic checks
+
+@pytest.mark.parametrize("max_n", [2, 3, 4])
+def test_every_parameter_gets_gradient(max_n):
+    check_every_parameter_gets_gradient(tiny(fgram_max_n=max_n, fgram_vocab_size=FULL), VOCAB)
+
+
+@pytest.mark.parametrize("max_n", [0, 2, 3, 4])  # every order: n-gram schemes leak the future here
+def test_causality(max_n):
+    check_causality(tiny(fgram_max_n=max_n, fgram_vocab_size=FULL), VOCAB)
+
+
+@pytest.mark.parametrize("max_n", [0, 3, 4])
+def test_kv_cache_greedy_equals_recompute_past_the_context(max_n):
+    model = tiny(fgram_max_n=max_n, fgram_vocab_size=FULL)
+    check_kv_cache_matches_recompute(model, VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
+    check_kv_cache_matches_recompute(model, VOCAB, prompt_len=1, new_tokens=6)  # n-grams begin in the cache
+
+
+def test_cached_logits_equal_full_forward():
+    check_cached_logits_match(tiny(fgram_max_n=4, fgram_vocab_size=FULL), VOCAB)
+
+
+def test_prefill_in_pieces_equals_full_forward():
+    # pieces of 1 and 2 tokens: the n-grams at their first positions begin in earlier pieces
+    model = tiny(fgram_max_n=4, fgram_vocab_size=FULL).eval()
+    idx = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(2)
+        pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 3), (3, 4), (4, 12)]]
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_overfits_one_batch():
+    check_overfits_one_batch(tiny(), VOCAB)
+
+
+# ----------------------------------------------------------------------------- mining and lookup
+
+def test_mining_keeps_the_most_frequent_ngrams_deterministically():
+    ids = corpus()
+    table = fm.mine_fgrams(ids, VOCAB, 3, 50)
+    assert table.shape == (50, 3) and (table[:, 0] >= 0).all() and (table[:, 1] >= 0).all()
+    assert np.array_equal(table, fm.mine_fgrams(ids.copy(), VOCAB, 3, 50))  # same ids, same table
+    counts = collections.Counter()
+    for n in (2, 3):
+        counts.update(tuple(ids[i:i + n].tolist()) for i in range(len(ids) - n + 1))
+    kept = [tuple(t for t in row if t >= 0) for row in table.tolist()]
+    assert len(set(kept)) == 50
+    kept_counts = [counts[g] for g in kept]
+    assert kept_counts == sorted(kept_counts, reverse=True)  # most frequent first
+    assert min(kept_counts) >= max(c for g, c in counts.items() if g not in kept)  # nothing better left out
+    assert any(len(g) == 3 for g in kept) and any(len(g) == 2 for g in kept)  # both orders compete
+
+
+def test_mining_respects_the_table_size_and_pads_a_small_corpus():
+    table = fm.mine_fgrams(np.array([1, 2, 1, 2, 3], dtype=np.uint16), VOCAB, 3, 10)
+    assert table.shape == (10, 3)
+    # (1, 2) twice, then the n-grams seen once in the order of their keys
+    assert table[:6].tolist() == [[1, 2, -1], [2, 1, -1], [2, 3, -1], [1, 2, 1], [2, 1, 2], [1, 2, 3]]
+    assert (table[6:] == -1).all()  # 6 distinct n-grams: the other rows are unused
+
+
+def test_mining_is_stored_in_the_state_dict():
+    model = tiny()
+    assert torch.equal(model.state_dict()["fgram_table"], torch.from_numpy(fm.mine_fgrams(corpus(), VOCAB, 3, 128)))
+    fresh = tiny(prepared=False)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.fgram_table, model.fgram_table)
+
+
+@pytest.mark.parametrize("max_n", [2, 3, 4])
+def test_vectorised_lookup_equals_brute_force(max_n):
+    table = torch.from_numpy(fm.mine_fgrams(corpus(), VOCAB, max_n, FULL))
+    idx = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(1))
+    rows = fm.lookup_fgrams(idx, table, VOCAB)
+    assert torch.equal(rows, brute_force_lookup(idx, table))
+    assert (rows >= 0).any(dim=(0, 1)).all() and (rows < 0).any()  # hits and misses at every order
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_lookup_at_t_reads_only_tokens_t_minus_n_plus_1_to_t(n):
+    table = torch.from_numpy(fm.mine_fgrams(corpus(), VOCAB, 4, 300))
+    idx = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(2))
+    rows = fm.lookup_fgrams(idx, table, VOCAB)[..., n - 2]
+    assert (rows[:, :n - 1] == -1).all()  # the n-gram would begin before the sequence
+    for t in range(12):
+        changed = idx.clone()
+        changed[:, t + 1:] = (changed[:, t + 1:] + 1) % VOCAB  # every later token changes
+        changed[:, :max(0, t - n + 1)] = (changed[:, :max(0, t - n + 1)] + 1) % VOCAB  # and every earlier one
+        assert torch.equal(fm.lookup_fgrams(changed, table, VOCAB)[:, t, n - 2], rows[:, t])
+
+
+# ----------------------------------------------------------------------------- encoder, gate, F-grams off
+
+def test_encoder_vector_comes_from_the_ngram_alone():
+    # each n-gram through the block alone, unpadded, gives the batched vector: padding is never read
+    model = tiny(fgram_max_n=4, fgram_vocab_size=FULL).eval()
+    with torch.no_grad():
+        vectors = model.fgram_vectors()
+        for row in (0, 600, FULL - 1):
+            gram = model.fgram_table[row][model.fgram_table[row] >= 0]
+            alone = model.fgram_encoder(model.wte(gram)[None], torch.tensor([len(gram)]))
+            assert torch.allclose(alone[0], vectors[row], atol=1e-6)
+    assert {len(model.fgram_table[r][model.fgram_table[r] >= 0]) for r in range(FULL)} == {2, 3, 4}
+
+
+def test_gate_merges_found_ngrams_only():
+    model = tiny()
+    x, vectors = torch.randn(2, 5, 32), torch.randn(128, 32)
+    rows = torch.tensor([[[-1, -1], [3, -1], [7, 90], [-1, 5], [0, 0]]] * 2)
+    expected = x.clone()
+    for b in range(2):
+        for t in range(5):
+            for n, gate in enumerate(model.fgram_gate.gates):
+                if rows[b, t, n] >= 0:
+                    f = vectors[rows[b, t, n]]
+                    expected[b, t] += torch.sigmoid(gate.weight @ torch.cat([x[b, t], f]) + gate.bias) * f
+    assert torch.allclose(model.fgram_gate(x, vectors, rows), expected, atol=1e-6)
+
+
+def test_unmined_table_adds_nothing():
+    # before prepare_data no n-gram matches: the logits are the model's without the F-gram parts
+    with_parts, without = tiny(prepared=False), tiny(fgram_max_n=0)
+    without.load_state_dict({k: v for k, v in with_parts.state_dict().items() if not k.startswith("fgram")})
+    idx = torch.randint(0, VOCAB, (2, 16))
+    assert torch.equal(with_parts(idx)[0], without(idx)[0])
+
+
+def test_fgrams_off_has_no_fgram_parts():
+    model = tiny(fgram_max_n=0)
+    assert not any("fgram" in name for name in model.state_dict())
+    model.prepare_data(corpus())  # a no-op without F-grams
+
+
+@pytest.mark.parametrize("kw, message", [({"fgram_max_n": 1}, "fgram_max_n"), ({"fgram_vocab_size": 0}, "fgram_vocab_size"),
+                                         ({"vocab_size": 50257, "fgram_max_n": 5}, "int64")])
+def test_bad_config_is_a_clear_error(kw, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(prepared=False, **kw)
+
+
+def test_ids_outside_the_vocabulary_are_a_clear_error():
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tiny(prepared=False).prepare_data(np.array([1, 2, VOCAB], dtype=np.uint16))
+
+
+def test_shared_blocks_are_copies_of_modern_gpt():
+    for name in ["RMSNorm", "RotaryEmbedding", "KVCache", "causal_attention", "CausalSelfAttention", "swiglu_hidden",
+                 "SwiGLU", "sample_next_token", "Tokenizer", "load_dataset", "get_batch"]:
+        assert inspect.getsource(getattr(fm, name)) == inspect.getsource(getattr(mg, name)), name
+
+
+# ----------------------------------------------------------------------------- train.py
+
+def test_train_py_end_to_end_mines_checkpoints_and_samples(tmp_path):
+    out = str(tmp_path / "run")
+    args = [sys.executable, "train.py", "--model_type", "fgram", "--max_steps", "2", "--eval_interval", "2",
+            "--eval_iters", "1", "--B", "2", "--T", "16", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
+            "--n_kv_head", "2", "--fgram_vocab_size", "64", "--sample_tokens", "4", "--device", "cpu", "--out_dir", out]
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300, env=one_thread)
+    assert result.returncode == 0, result.stderr
+    assert "(char)" in result.stdout  # character-level by default
+    model, tokenizer = fm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    train_ids, _, _ = fm.load_dataset(os.path.join(ROOT, "input.txt"), "char")
+    mined = fm.mine_fgrams(train_ids, tokenizer.vocab_size, 3, 64)
+    assert torch.equal(model.fgram_table, torch.from_numpy(mined))
+    assert tokenizer.decode(mined[0][mined[0] >= 0].tolist()) == "e "  # the most frequent n-gram of Shakespeare
+    sample = subprocess.run([sys.executable, "fgram_moe.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt",
+                             "ROMEO:", "--max_new_tokens", "8"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env=one_thread)
+    assert sample.returncode == 0 and "ROMEO:" in sample.stdout, sample.stderr
