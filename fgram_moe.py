@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -57,20 +58,38 @@ class FgramMoEConfig:
     vocab_size: int = 65  # the characters of Tiny Shakespeare (train.py sets it from the corpus)
     n_layer: int = 4  # number of Transformer blocks
     n_head: int = 4  # query heads; n_embd must be a multiple of it
-    n_kv_head: int = 4  # key/value heads (n_head: plain multi-head attention)
+    n_kv_head: int = 4  # key/value heads, shared by n_head / n_kv_head query heads each (1 = multi-query)
     n_embd: int = 128  # width of the residual stream
-    mlp_hidden: int = 0  # SwiGLU hidden size before rounding; 0 = 8/3 n_embd
-    multiple_of: int = 64  # the SwiGLU hidden size is rounded up to a multiple of this
+    mlp_hidden: int = 0  # SwiGLU hidden size before rounding; 0 = 8/3 n_embd (the 4C GELU MLP's parameters)
+    multiple_of: int = 64  # the SwiGLU hidden size is rounded up to a multiple of this (fast matmuls)
     rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotation
+    tie_embeddings: bool = True  # the output head shares its weight with the token embedding
     norm_eps: float = 1e-5  # added to the mean square in RMSNorm
     dropout: float = 0.1  # on embeddings, attention weights and residual branches
-    fgram_max_n: int = 3  # longest n-gram; 0 turns F-grams off (2 = bigrams only)
-    fgram_vocab_size: int = 1024  # n-grams mined from the training split (all orders together)
+    # mixture of experts, as moe_gpt.py (see its config); NanoMoE's 4 experts, 2 per token, none shared
+    n_routed_experts: int = 4  # experts the router chooses from
+    top_k: int = 2  # routed experts per token (2: the router learns from the LM loss, see Router)
+    n_shared_experts: int = 0  # experts every token goes through, with weight 1 (0 = none)
+    granularity: int = 1  # m: each expert split into m of hidden/m; m*N routed, m*K chosen, m*K_s shared
+    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = the dense SwiGLU's / (K + K_s)
+    first_dense_layers: int = 0  # leading blocks that keep the dense SwiGLU
+    gate: str = "softmax"  # "softmax" (DeepSeekMoE) or "sigmoid" (DeepSeek-V3) expert scores
+    renormalize: bool = True  # divide the chosen experts' scores by their sum (only when m*K > 1)
+    router_noise: float = 0.0  # training only: router input times U(1 - eps, 1 + eps) (Switch jitter)
+    aux_loss_weight: float = 0.01  # Switch load-balancing loss N * sum_i f_i P_i, summed over layers
+    z_loss_weight: float = 0.001  # ST-MoE router z-loss mean(logsumexp(logits)^2), summed over layers
+    bias_update_rate: float = 0.0  # DeepSeek-V3 auxiliary-loss-free balancing: bias step per optimizer step
+    capacity_factor: float = 0.0  # 0 = dropless; else capacity = ceil(factor * tokens * k / experts)
+    # F-grams
+    fgram_max_n: int = 3  # longest n-gram (n = 2..fgram_max_n); 0 turns F-grams off
+    fgram_vocab_size: int = 1024  # n-grams mined from the training split, all lengths together
 
 
 PRESETS = {
-    "cpu": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, block_size=64),  # NanoMoE's defaults
+    # NanoMoE's defaults, which are nanoGPT's CPU recipe's shape: 4 experts of SwiGLU 192, 2 per token,
+    # so a token uses 384 expert hidden units, as modern_gpt's dense SwiGLU
+    "cpu": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, block_size=64),
 }
 
 
@@ -215,16 +234,183 @@ class SwiGLU(nn.Module):
         return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x))."""
+# ----------------------------------------------------------------------------- mixture of experts
+# Router, Experts, grouped_mm_dtype and MoE form one block (it uses SwiGLU and swiglu_hidden above):
+# other model files copy it whole. MoE(config).forward(x) returns the layer's output and keeps the
+# batch's auxiliary losses and statistics on the layer for the model to add and log.
+
+class Router(nn.Module):
+    """Scores each token against every routed expert and chooses top_k of them, in float32.
+
+    Scores s are softmax(x W) over all experts (DeepSeekMoE eq. 5), taken before choosing, so a
+    chosen weight stays below 1 and the router learns from the LM loss even with top-1; or
+    sigmoid(x W) per expert (DeepSeek-V3 eq. 15). Experts are chosen by s + bias, where bias is
+    DeepSeek-V3's balancing bias (eq. 16; a buffer, never trained), and weighted by s alone,
+    divided by the chosen scores' sum when `renormalize` and top_k > 1 (with one expert that
+    sum-normalised weight would be exactly 1, and the router would get no gradient).
+    """
+
+    def __init__(self, n_embd, n_experts, top_k, gate, renormalize, noise):
+        super().__init__()
+        if gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown gate {gate!r}: use softmax or sigmoid")
+        self.top_k, self.gate, self.renormalize, self.noise = top_k, gate, renormalize, noise
+        self.weight = nn.Parameter(torch.randn(n_experts, n_embd) * 0.02)
+        self.register_buffer("bias", torch.zeros(n_experts))  # in the state_dict: a resumed run keeps it
+
+    def forward(self, x):
+        """x (N, C) -> chosen experts (N, k), their weights (N, k), logits and scores (N, E)."""
+        with torch.autocast(x.device.type, enabled=False):  # routing decisions are precision-sensitive
+            x = x.float()
+            if self.training and self.noise > 0:
+                x = x * torch.empty_like(x).uniform_(1.0 - self.noise, 1.0 + self.noise)
+            logits = F.linear(x, self.weight.float())
+        scores = logits.softmax(dim=-1) if self.gate == "softmax" else logits.sigmoid()
+        experts = torch.topk(scores.detach() + self.bias, self.top_k, dim=-1).indices
+        weights = scores.gather(1, experts)
+        if self.renormalize and self.top_k > 1:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return experts, weights, logits, scores
+
+
+def grouped_mm_dtype(x, *weights):
+    """The dtype in which torch's grouped matmul (F.grouped_mm, where this PyTorch has it) can run
+    the experts on x, or None: then a loop over the experts does. On CPU it takes any float dtype;
+    on CUDA only bfloat16 (under bf16 autocast here); every row must span a multiple of 16 bytes."""
+    if not hasattr(F, "grouped_mm"):
+        return None
+    if x.device.type == "cpu":
+        dtype = x.dtype
+    elif x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and \
+            torch.get_autocast_dtype("cuda") == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0):
+        dtype = torch.bfloat16
+    else:
+        return None
+    row_bytes = [w.size(-1) * dtype.itemsize for w in weights] + [w.size(-2) * dtype.itemsize for w in weights]
+    return dtype if all(b % 16 == 0 for b in row_bytes) else None
+
+
+class Experts(nn.Module):
+    """n_experts SwiGLU experts, down(silu(gate x) * up x), with their weights stacked as
+    gate, up (E, hidden, C) and down (E, C, hidden): one tensor each, not E Linears."""
+
+    def __init__(self, n_experts, n_embd, hidden, n_layer):
+        super().__init__()
+        self.gate = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
+        self.up = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
+        # the residual branch's last matmul, scaled by 1/sqrt(2 n_layer) as every such Linear here
+        self.down = nn.Parameter(torch.randn(n_experts, n_embd, hidden) * 0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, x, counts):
+        """x (A, C): token copies sorted by expert, counts[e] of them for expert e -> (A, C)."""
+        dtype = grouped_mm_dtype(x, self.gate, self.down)
+        if dtype is not None:  # one kernel per matrix for all experts; offsets end each expert's rows
+            ends = counts.cumsum(0).to(torch.int32)
+            x = x.to(dtype)
+            gate, up, down = (w.to(dtype).transpose(1, 2) for w in (self.gate, self.up, self.down))
+            h = F.silu(F.grouped_mm(x, gate, offs=ends)) * F.grouped_mm(x, up, offs=ends)
+            return F.grouped_mm(h, down, offs=ends)
+        outputs = []  # each expert once, on its contiguous rows; unbind costs one stack in backward
+        for rows, gate, up, down in zip(x.split(counts.tolist()), self.gate.unbind(0), self.up.unbind(0),
+                                        self.down.unbind(0)):
+            outputs.append(F.linear(F.silu(F.linear(rows, gate)) * F.linear(rows, up), down))
+        return torch.cat(outputs)
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE feed-forward: shared experts for every token plus top-k of the routed experts.
+
+    Granularity m (DeepSeekMoE §3.1) splits an expert of `hidden` units into m of hidden/m and
+    uses m*N routed experts, m*K per token, and m*K_s shared ones; total and active expert
+    parameters stay the same (the router grows to m*N rows). Shared experts all see every token
+    with weight 1, so they run as one SwiGLU of K_s * hidden units: the same sum, one matmul.
+
+    forward keeps on the layer: aux_loss and z_loss (tensors with gradients, unweighted) and
+    `stats` (the share of routed assignments per expert, the dropped share, both losses as
+    floats); in training it also counts assignments per expert for update_bias().
+    """
 
     def __init__(self, config):
+        super().__init__()
+        m, c = config.granularity, config.n_embd
+        dense_hidden = swiglu_hidden(c, config.mlp_hidden, config.multiple_of)
+        hidden = swiglu_hidden(c, config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts),
+                               config.multiple_of)
+        if m < 1 or hidden % m:
+            raise ValueError(f"granularity {m} must be >= 1 and divide the expert hidden size {hidden}")
+        if not 1 <= config.top_k <= config.n_routed_experts:
+            raise ValueError(f"top_k {config.top_k} must be between 1 and n_routed_experts {config.n_routed_experts}")
+        self.n_experts, self.top_k = m * config.n_routed_experts, m * config.top_k
+        self.capacity_factor, self.bias_update_rate = config.capacity_factor, config.bias_update_rate
+        self.router = Router(c, self.n_experts, self.top_k, config.gate, config.renormalize, config.router_noise)
+        self.experts = Experts(self.n_experts, c, hidden // m, config.n_layer)
+        self.shared = SwiGLU(c, config.n_shared_experts * hidden) if config.n_shared_experts else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.stats = {}
+        self.counts = None  # assignments per expert since the last update_bias (training, bias on)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)  # (N, C): tokens are routed one by one
+        N, k, E = B * T, self.top_k, self.n_experts
+        experts, weights, logits, scores = self.router(x)  # (N, k), (N, k), (N, E), (N, E)
+        # assignment a = t * k + j is token t's j-th choice; a stable sort by expert keeps token order
+        expert_of = experts.flatten()  # (N*k,)
+        order = torch.argsort(expert_of, stable=True)
+        counts = torch.bincount(expert_of, minlength=E)  # (E,) assignments per expert
+        kept = counts
+        if self.capacity_factor > 0 and self.training:  # GShard/Switch: each expert keeps its first `capacity`
+            capacity = math.ceil(self.capacity_factor * N * k / E)
+            first = counts.cumsum(0) - counts  # where each expert's rows begin in `order`
+            rank = torch.arange(N * k, device=x.device) - first[expert_of[order]]  # place in its expert's queue
+            order = order[rank < capacity]
+            kept = counts.clamp(max=capacity)
+        token = order // k  # the token of each kept assignment, grouped by expert
+        y = self.experts(x[token], kept) * weights.flatten()[order].unsqueeze(1)  # (A, C)
+        out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
+        if self.shared is not None:
+            out = out + self.shared(x)
+        self.record(counts, order.numel(), logits, scores)
+        return self.dropout(out).view(B, T, C).type_as(x)
+
+    def record(self, counts, n_kept, logits, scores):
+        """Switch's load-balancing loss (arXiv 2101.03961 eq. 4; DeepSeekMoE eq. 12 for top-k):
+        E * sum_i f_i P_i with f_i the share of assignments to expert i and P_i its mean score
+        (sigmoid scores normalised per token), 1 when routing is uniform; the router z-loss
+        (ST-MoE eq. 5) mean(logsumexp(logits)^2), which keeps the logits small."""
+        load = counts.float() / counts.sum()
+        probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
+        self.aux_loss = self.n_experts * (load * probs.mean(dim=0)).sum()
+        self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+        self.stats = {"load": load, "dropped": 1.0 - n_kept / (logits.size(0) * self.top_k),
+                      "aux_loss": self.aux_loss.detach(), "z_loss": self.z_loss.detach()}
+        if self.training and self.bias_update_rate > 0:
+            self.counts = counts.float() if self.counts is None else self.counts + counts
+
+    @torch.no_grad()
+    def update_bias(self):
+        """DeepSeek-V3's auxiliary-loss-free balancing (arXiv 2412.19437 §2.1.2), after an optimizer
+        step: bias_i += rate * sign(mean load - load_i), loads counted since the last call and
+        summed over ranks first, so every rank takes the same step."""
+        if self.counts is None:
+            return
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.counts)
+        self.router.bias += self.bias_update_rate * torch.sign(self.counts.mean() - self.counts)
+        self.counts = None
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x)); mlp is a MoE layer
+    from block `first_dense_layers` on."""
+
+    def __init__(self, config, layer):
         super().__init__()
         self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
         self.attn = CausalSelfAttention(config)
         self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
         hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
-        self.mlp = SwiGLU(config.n_embd, hidden, config.dropout)
+        self.mlp = MoE(config) if layer >= config.first_dense_layers else SwiGLU(config.n_embd, hidden, config.dropout)
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
@@ -235,7 +421,7 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------- F-gram embeddings
 
 def mine_fgrams(ids, vocab_size, max_n, table_size):
-    """The table_size most frequent n-grams (n = 2..max_n, all counted together) of `ids`.
+    """The table_size most frequent n-grams (n = 2..max_n, all lengths competing) of `ids`.
 
     Returns a (table_size, max_n) int64 array, one n-gram per row, most frequent first: its
     tokens oldest first, then -1 (rows past the corpus's distinct n-grams are all -1). Each
@@ -273,7 +459,7 @@ def lookup_fgrams(idx, table, vocab_size):
     keys (torch.searchsorted) and an equality check."""
     sorted_keys, order = fgram_keys(table, vocab_size).sort()  # (F,)
     rows = []
-    for n in range(2, table.size(1) + 1):  # a loop over the orders only, never over batch or time
+    for n in range(2, table.size(1) + 1):  # a loop over the lengths only, never over batch or time
         windows = F.pad(idx, (n - 1, 0), value=-1).unfold(1, n, 1)  # (B, T, n): tokens t-n+1..t
         keys = fgram_keys(windows, vocab_size).masked_fill((windows < 0).any(-1), -1)  # no key is -1
         slot = torch.searchsorted(sorted_keys, keys).clamp(max=len(sorted_keys) - 1)
@@ -281,36 +467,15 @@ def lookup_fgrams(idx, table, vocab_size):
     return torch.stack(rows, dim=-1)
 
 
-class FgramEncoder(nn.Module):
-    """One vector per mined n-gram, from its characters: a pre-norm Transformer block (rotary
-    causal attention + SwiGLU) over the F n-grams as a batch of F short sequences. An n-gram's
-    vector is the output at its last character, which attends to all of its characters and,
-    being causal, never to the padding after them."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
-        self.attn = CausalSelfAttention(config)
-        self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
-        hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
-        self.mlp = SwiGLU(config.n_embd, hidden, config.dropout)
-
-    def forward(self, chars, lengths):
-        """chars (F, max_n, C) character embeddings, lengths (F,) -> (F, C)."""
-        x = chars + self.attn(self.norm_1(chars))
-        x = x + self.mlp(self.norm_2(x))
-        last = (lengths - 1).clamp(min=0)  # an unused row (length 0) gives a vector nobody looks up
-        return x[torch.arange(len(x), device=x.device), last]
-
-
 class FgramGate(nn.Module):
-    """Merges the n-gram vectors into the token embeddings, one learned gate per order n:
-    e_t = x_t + sum_n g_{t,n} * f_{t,n},  g_{t,n} = sigmoid(W_n [x_t; f_{t,n}] + b_n) per channel,
-    with f_{t,n} = 0 where the n-gram ending at t is not in the table."""
+    """Merges the n-gram vectors into the token embeddings, one learned gate per length n:
+    e_t = x_t + sum_n g_{t,n} * f_{t,n},  g_{t,n} = sigmoid(W_n [x_t; f_{t,n}]) channel by channel,
+    where f_{t,n} is the vector of the n-gram ending at t, 0 where it is not in the table."""
 
     def __init__(self, config):
         super().__init__()
-        self.gates = nn.ModuleList([nn.Linear(2 * config.n_embd, config.n_embd) for _ in range(config.fgram_max_n - 1)])
+        c = config.n_embd
+        self.gates = nn.ModuleList([nn.Linear(2 * c, c, bias=False) for _ in range(config.fgram_max_n - 1)])
 
     def forward(self, x, vectors, rows):
         """x (B, T, C) token embeddings, vectors (F, C), rows (B, T, max_n - 1) -> (B, T, C)."""
@@ -324,8 +489,8 @@ class FgramGate(nn.Module):
 
 class FgramMoECache:
     """What cached generation keeps between forward passes: a KVCache per layer, the last
-    fgram_max_n - 1 tokens (the n-grams ending at the next position begin among them), and
-    the n-gram vectors, which stay fixed while the weights do."""
+    fgram_max_n - 1 tokens (the n-grams ending at the next positions begin among them), and
+    the n-gram vectors, which stay the same while the weights do."""
 
     def __init__(self, layers):
         self.layers = layers
@@ -338,77 +503,84 @@ class FgramMoECache:
 
 
 class FgramMoE(nn.Module):
-    """Token embedding + gated F-gram embeddings, n_layer MoE blocks, final RMSNorm, tied LM head."""
+    """Token embedding + gated F-gram embeddings, n_layer blocks, final RMSNorm, LM head."""
 
     def __init__(self, config):
         super().__init__()
-        if config.fgram_max_n == 1 or config.fgram_max_n < 0:
-            raise ValueError(f"fgram_max_n {config.fgram_max_n}: use 0 (no F-grams) or an n-gram length >= 2")
-        if config.fgram_max_n and (config.vocab_size + 1) ** config.fgram_max_n >= 2 ** 63:
-            raise ValueError(f"{config.fgram_max_n}-grams of a {config.vocab_size}-token vocabulary do not fit "
-                             "an int64 key: use a smaller --fgram_max_n")
-        if config.fgram_max_n and config.fgram_vocab_size < 1:
-            raise ValueError("fgram_vocab_size must be at least 1 (or turn F-grams off with --fgram_max_n 0)")
+        n = config.fgram_max_n
+        if n == 1 or n < 0:
+            raise ValueError(f"fgram_max_n {n}: use 0 (no F-grams) or the longest n-gram, >= 2")
+        if n and (config.vocab_size + 1) ** n >= 2 ** 63:
+            raise ValueError(f"{n}-grams of {config.vocab_size} tokens overflow the int64 keys: lower --fgram_max_n")
+        if n and config.fgram_vocab_size < 1:
+            raise ValueError("fgram_vocab_size must be >= 1 (or turn F-grams off with --fgram_max_n 0)")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings; no position table
-        if config.fgram_max_n:
-            # the mined n-grams: a buffer, so it is saved in the checkpoint; all -1 until prepare_data
-            self.register_buffer("fgram_table", torch.full((config.fgram_vocab_size, config.fgram_max_n), -1))
-            self.fgram_encoder = FgramEncoder(config)
+        if n:
+            # the mined n-grams, one per row (see mine_fgrams): a buffer, so the checkpoint holds them
+            self.register_buffer("fgram_table", torch.full((config.fgram_vocab_size, n), -1))
+            # a dense block (a layer index below first_dense_layers gets the SwiGLU, not a MoE layer)
+            self.fgram_encoder = Block(config, layer=-1)
             self.fgram_gate = FgramGate(config)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
         self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
         # N(0, 0.02) as GPT-2; the Linear that ends each residual branch is scaled by
         # 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
+        # (Router and Experts initialise their own weights the same way.)
         if isinstance(module, nn.Linear):
             std = 0.02
             if getattr(module, "residual_branch_end", False):
                 std = 0.02 / math.sqrt(2 * self.config.n_layer)
             nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     @torch.no_grad()
     def prepare_data(self, train_ids):
         """Mine the n-gram table from the training ids (train.py calls this once on a new model)."""
-        if not self.config.fgram_max_n:
+        c = self.config
+        if not c.fgram_max_n:
             return
-        if len(train_ids) and int(train_ids.max()) >= self.config.vocab_size:
-            raise ValueError(f"token id {int(train_ids.max())} is outside the vocabulary of {self.config.vocab_size}")
-        table = mine_fgrams(train_ids, self.config.vocab_size, self.config.fgram_max_n, self.config.fgram_vocab_size)
+        if len(train_ids) and int(train_ids.max()) >= c.vocab_size:
+            raise ValueError(f"token id {int(train_ids.max())} is outside the vocabulary of {c.vocab_size}")
+        table = mine_fgrams(train_ids, c.vocab_size, c.fgram_max_n, c.fgram_vocab_size)
         self.fgram_table.copy_(torch.from_numpy(table))
 
     def fgram_vectors(self):
-        """(F, C): every mined n-gram through the encoder, once per forward pass."""
+        """(F, C): every mined n-gram run through the encoder block as a sequence of its characters,
+        all F at once; an n-gram's vector is the output at its last character, which attends to
+        all of its characters and, the block being causal, never to the -1 padding after them."""
         table = self.fgram_table
-        return self.fgram_encoder(self.wte(table.clamp(min=0)), (table >= 0).sum(dim=1))
+        x = self.fgram_encoder(self.wte(table.clamp(min=0)))  # (F, max_n, C)
+        last = ((table >= 0).sum(dim=1) - 1).clamp(min=0)  # unused rows: a vector nobody looks up
+        return x[torch.arange(len(table), device=x.device), last]
 
-    def embed(self, idx, cache):
-        """Token embeddings (B, T, C) with the F-gram embeddings merged in. With a cache the
-        n-grams at the first new positions begin among the cached tokens kept in it."""
+    def embed(self, idx, cache=None):
+        """Token embeddings (B, T, C) with the F-gram vectors merged in. With a cache, the n-grams
+        at the first new positions begin among the previous tokens, which the cache keeps."""
         x = self.wte(idx)
         if not self.config.fgram_max_n:
             return x
-        context = idx if cache is None or cache.recent_tokens is None else torch.cat([cache.recent_tokens, idx], 1)
-        rows = lookup_fgrams(context, self.fgram_table, self.config.vocab_size)[:, -idx.size(1):]
         if cache is None:
-            return self.fgram_gate(x, self.fgram_vectors(), rows)
+            return self.fgram_gate(x, self.fgram_vectors(), lookup_fgrams(idx, self.fgram_table, self.config.vocab_size))
+        context = idx if cache.recent_tokens is None else torch.cat([cache.recent_tokens, idx], dim=1)
+        rows = lookup_fgrams(context, self.fgram_table, self.config.vocab_size)[:, -idx.size(1):]
         cache.recent_tokens = context[:, -(self.config.fgram_max_n - 1):]
-        if cache.fgram_vectors is None:
+        if cache.fgram_vectors is None:  # once per cache: the weights do not change while generating
             cache.fgram_vectors = self.fgram_vectors()
         return self.fgram_gate(x, cache.fgram_vectors, rows)
 
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy
-        against targets (B, T) when given (positions marked -100 are ignored).
+        against targets (B, T) when given (positions marked -100 are ignored), plus in training
+        the weighted balancing and z-losses of every MoE layer (eval losses are cross-entropy only).
         With `cache` (from new_cache) idx continues the cached positions."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -421,10 +593,31 @@ class FgramMoE(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            if self.training:
+                c = self.config
+                for moe in self.moe_layers():
+                    loss = loss + c.aux_loss_weight * moe.aux_loss + c.z_loss_weight * moe.z_loss
         return logits, loss
 
+    def moe_layers(self):
+        return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
+
+    def moe_stats(self):
+        """The last batch's routing, for train.py's log: balancing and z-loss and dropped share
+        (means over MoE layers), and expert_load, MoE layers x experts, share of assignments."""
+        layers = [moe.stats for moe in self.moe_layers() if moe.stats]
+        if not layers:
+            return {}
+        stats = {name: sum(float(s[name]) for s in layers) / len(layers) for name in ("aux_loss", "z_loss", "dropped")}
+        return {**stats, "expert_load": [s["load"].tolist() for s in layers]}
+
+    def update_balance_bias(self):
+        """After each optimizer step: nudge every MoE router's bias toward uniform load."""
+        for moe in self.moe_layers():
+            moe.update_bias()
+
     def new_cache(self, batch_size):
-        """An empty cache: a KVCache per layer (n_kv_head heads each) as long as the context."""
+        """An empty cache: one KVCache per layer (n_kv_head heads each) as long as the context."""
         c = self.config
         w = self.wte.weight
         return FgramMoECache([KVCache(batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
@@ -454,7 +647,7 @@ class FgramMoE(nn.Module):
         return idx
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay on matrices and embeddings only (not on norm gains and biases)."""
+        """AdamW; weight decay on matrices and embeddings only (not on norm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -464,15 +657,24 @@ class FgramMoE(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def param_counts(self):
-        """Total parameters (the tied head counted once) and those active per token."""
+        """Total parameters (a tied head counted once) and those active per token: all but the
+        routed experts a token does not use (it uses top_k of n_experts in each MoE layer)."""
         total = sum(p.numel() for p in self.parameters())
-        return {"total": total, "active": total}
+        idle = sum(sum(p.numel() for p in moe.experts.parameters()) * (1 - moe.top_k / moe.n_experts)
+                   for moe in self.moe_layers())
+        return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
-        6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention."""
+        6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention.
+        N leaves out an untied embedding table (a lookup); a tied one counts once, as the head.
+        The F-gram encoder counts as if it ran once per token; it runs once per batch, on
+        fgram_vocab_size * fgram_max_n positions, so this is low when B*T is smaller than that."""
         c = self.config
-        return 6 * self.param_counts()["active"] + 12 * c.n_layer * c.n_embd * seq_len
+        n_matmul = self.param_counts()["active"]
+        if not c.tie_embeddings:
+            n_matmul -= self.wte.weight.numel()
+        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * seq_len
 
 
 Config, Model = FgramMoEConfig, FgramMoE  # the names train.py looks for in every model file

@@ -12,6 +12,7 @@ import torch
 
 import fgram_moe as fm
 import modern_gpt as mg
+import moe_gpt
 from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
                           check_kv_cache_matches_recompute, check_overfits_one_batch)
 
@@ -164,8 +165,8 @@ def test_encoder_vector_comes_from_the_ngram_alone():
         vectors = model.fgram_vectors()
         for row in (0, 600, FULL - 1):
             gram = model.fgram_table[row][model.fgram_table[row] >= 0]
-            alone = model.fgram_encoder(model.wte(gram)[None], torch.tensor([len(gram)]))
-            assert torch.allclose(alone[0], vectors[row], atol=1e-6)
+            alone = model.fgram_encoder(model.wte(gram)[None])  # (1, n, C)
+            assert torch.allclose(alone[0, -1], vectors[row], atol=1e-6)
     assert {len(model.fgram_table[r][model.fgram_table[r] >= 0]) for r in range(FULL)} == {2, 3, 4}
 
 
@@ -179,22 +180,32 @@ def test_gate_merges_found_ngrams_only():
             for n, gate in enumerate(model.fgram_gate.gates):
                 if rows[b, t, n] >= 0:
                     f = vectors[rows[b, t, n]]
-                    expected[b, t] += torch.sigmoid(gate.weight @ torch.cat([x[b, t], f]) + gate.bias) * f
+                    expected[b, t] += torch.sigmoid(gate.weight @ torch.cat([x[b, t], f])) * f
     assert torch.allclose(model.fgram_gate(x, vectors, rows), expected, atol=1e-6)
 
 
+def test_fgrams_off_is_exactly_moe_gpt():
+    # fgram_max_n 0: the same parameters, names and outputs (with the balancing losses) as moe_gpt.py's model
+    model = tiny(fgram_max_n=0)
+    config = {k: v for k, v in vars(model.config).items() if not k.startswith("fgram")}
+    plain = moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(**config))
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    plain.load_state_dict(model.state_dict())
+    idx, targets = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
+    for mode in (model.train, model.eval):
+        mode(), plain.train(mode == model.train)
+        (logits, loss), (plain_logits, plain_loss) = model(idx, targets), plain(idx, targets)
+        assert torch.equal(logits, plain_logits) and torch.equal(loss, plain_loss)
+    assert model.param_counts() == plain.param_counts()
+    model.prepare_data(corpus())  # a no-op without F-grams
+
+
 def test_unmined_table_adds_nothing():
-    # before prepare_data no n-gram matches: the logits are the model's without the F-gram parts
+    # before prepare_data no n-gram matches: the logits are those of the model without the F-gram parts
     with_parts, without = tiny(prepared=False), tiny(fgram_max_n=0)
     without.load_state_dict({k: v for k, v in with_parts.state_dict().items() if not k.startswith("fgram")})
     idx = torch.randint(0, VOCAB, (2, 16))
     assert torch.equal(with_parts(idx)[0], without(idx)[0])
-
-
-def test_fgrams_off_has_no_fgram_parts():
-    model = tiny(fgram_max_n=0)
-    assert not any("fgram" in name for name in model.state_dict())
-    model.prepare_data(corpus())  # a no-op without F-grams
 
 
 @pytest.mark.parametrize("kw, message", [({"fgram_max_n": 1}, "fgram_max_n"), ({"fgram_vocab_size": 0}, "fgram_vocab_size"),
@@ -209,10 +220,16 @@ def test_ids_outside_the_vocabulary_are_a_clear_error():
         tiny(prepared=False).prepare_data(np.array([1, 2, VOCAB], dtype=np.uint16))
 
 
-def test_shared_blocks_are_copies_of_modern_gpt():
+def test_shared_blocks_are_copies():
     for name in ["RMSNorm", "RotaryEmbedding", "KVCache", "causal_attention", "CausalSelfAttention", "swiglu_hidden",
-                 "SwiGLU", "sample_next_token", "Tokenizer", "load_dataset", "get_batch"]:
+                 "SwiGLU", "sample_next_token", "gpt2_encoding", "Tokenizer", "load_dataset", "cached_bpe_ids",
+                 "get_batch"]:
         assert inspect.getsource(getattr(fm, name)) == inspect.getsource(getattr(mg, name)), name
+    for name in ["Router", "grouped_mm_dtype", "Experts", "MoE", "Block"]:
+        assert inspect.getsource(getattr(fm, name)) == inspect.getsource(getattr(moe_gpt, name)), name
+    for name in ["_init_weights", "moe_layers", "moe_stats", "update_balance_bias", "generate", "param_counts"]:
+        ours, theirs = (inspect.getsource(getattr(cls, name)) for cls in (fm.FgramMoE, moe_gpt.MoEGPT))
+        assert ours.replace("cache.pos", "cache[0].pos") == theirs, name  # generate: our cache is an object
 
 
 # ----------------------------------------------------------------------------- train.py
