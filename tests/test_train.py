@@ -163,3 +163,16 @@ def test_config_fields_are_options():
     _, module, overrides = train.parse_args(["--n_layer", "3", "--bias", "true", "--dropout=0.2"])
     assert module is gpt
     assert overrides == {"n_layer": 3, "bias": True, "dropout": 0.2}
+
+
+def test_fp16_needs_a_cuda_gpu():
+    assert "--dtype fp16 needs a CUDA GPU" in one_line_error(run_train("--dtype", "fp16", check=False))
+
+
+def test_wandb_missing_gives_install_hint(tmp_path):
+    # run train.py as __main__ in an interpreter where `import wandb` fails, whatever is installed
+    code = ("import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, "train.py", *TINY, "--wandb", "--max_steps", "1",
+                             "--out_dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert "pip install wandb" in one_line_error(result)
