@@ -81,7 +81,7 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout_p, new_positions):
+def causal_attention(q, k, v, dropout_p):
     """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
 
     q is (B, nh, t, hd) for the last t positions; k, v (B, nh, S, hd) hold all S positions.
@@ -118,7 +118,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, cached + T, hd)
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, T)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
