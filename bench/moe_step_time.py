@@ -1,0 +1,108 @@
+"""
+bench/moe_step_time.py - step time of moe_gpt over modern_gpt at equal active parameters.
+
+Times, on this machine's CPU (or --device), with A/B runs interleaved so that a load from other
+processes hits both sides alike, and prints the median of the per-repetition ratios:
+
+  (a) a full training step (forward, backward, AdamW) of moe_gpt against modern_gpt, both with
+      the same depth, width, heads and the same active parameters: modern_gpt's SwiGLU of H hidden
+      units against a shared expert plus chosen routed experts whose hidden sizes sum to H
+      (moe_hidden 0 does that), every block a MoE block (first_dense_layers 0);
+  (b) the MoE layer alone against the dense SwiGLU (forward + backward on B*T tokens).
+
+    python bench/moe_step_time.py                      # the nanoGPT CPU recipe's size and a bigger one
+    python bench/moe_step_time.py --dispatch loop      # force the loop over experts (no grouped matmul)
+    python bench/moe_step_time.py --threads 1 --reps 9
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import modern_gpt  # noqa: E402
+import moe_gpt  # noqa: E402
+
+SETTINGS = {  # name: (model shape, batch B, sequence T)
+    "cpu recipe (4 x 128, B 12, T 64)": (dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128), 12, 64),
+    "bigger (4 x 256, B 8, T 256)": (dict(n_layer=4, n_head=8, n_kv_head=4, n_embd=256), 8, 256),
+}
+MOE = dict(n_routed_experts=8, top_k=1, n_shared_experts=1, granularity=2, first_dense_layers=0)
+
+
+def interleaved_ratio(run_a, run_b, reps, calls):
+    """Median ms per call of a and b, and the median of the per-repetition ratios a / b."""
+    run_a(), run_b()  # warm-up: allocator, kernels, lazy initialisation
+    times_a, times_b = [], []
+    for _ in range(reps):
+        for run, times in ((run_a, times_a), (run_b, times_b)):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                run()
+            times.append(1000 * (time.perf_counter() - t0) / calls)
+    ratios = [a / b for a, b in zip(times_a, times_b)]
+    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios), min(ratios), max(ratios)
+
+
+def train_step_fn(model, x, y):
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), x.device.type)
+
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if hasattr(model, "update_balance_bias"):
+            model.update_balance_bias()
+    return step
+
+
+def layer_fn(layer, x):
+    def step():
+        layer(x).square().mean().backward()
+    return step
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=7, help="interleaved A/B repetitions")
+    p.add_argument("--calls", type=int, default=5, help="calls timed together in one repetition")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--dispatch", choices=["auto", "loop"], default="auto",
+                   help="auto: F.grouped_mm where this PyTorch has it; loop: one matmul per expert")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.dispatch == "loop":
+        moe_gpt.grouped_mm_dtype = lambda *a: None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+          f"dispatch {args.dispatch}, grouped_mm available: {hasattr(torch.nn.functional, 'grouped_mm')}")
+    for name, (shape, B, T) in SETTINGS.items():
+        torch.manual_seed(0)
+        dense = modern_gpt.ModernGPT(modern_gpt.ModernGPTConfig(**shape, block_size=T, vocab_size=65)).to(args.device)
+        moe = moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(**shape, **MOE, block_size=T, vocab_size=65)).to(args.device)
+        d, m = dense.param_counts(), moe.param_counts()
+        layer = moe.h[0].mlp
+        print(f"\n{name}: dense SwiGLU {dense.h[0].mlp.gate.out_features} hidden | MoE: shared "
+              f"{layer.shared.gate.out_features if layer.shared else 0} + {layer.top_k} of {layer.n_experts} "
+              f"routed x {layer.experts.gate.size(1)} hidden")
+        print(f"  parameters: modern_gpt {d['total'] / 1e6:.3f}M | moe_gpt {m['total'] / 1e6:.3f}M total, "
+              f"{m['active'] / 1e6:.3f}M active (+{m['active'] - d['active']:,} router weights)")
+        x = torch.randint(0, 65, (B, T), device=args.device)
+        y = torch.randint(0, 65, (B, T), device=args.device)
+        a, b, ratio, lo, hi = interleaved_ratio(train_step_fn(moe, x, y), train_step_fn(dense, x, y),
+                                                args.reps, args.calls)
+        print(f"  (a) train step: moe_gpt {a:.1f} ms, modern_gpt {b:.1f} ms, ratio {ratio:.2f}x "
+              f"(range {lo:.2f}-{hi:.2f} over {args.reps} interleaved reps)")
+        h = torch.randn(B * T, shape["n_embd"], device=args.device).view(B, T, -1)
+        a, b, ratio, lo, hi = interleaved_ratio(layer_fn(layer, h), layer_fn(dense.h[0].mlp, h), args.reps, args.calls)
+        print(f"  (b) layer fwd+bwd: MoE {a:.2f} ms, dense SwiGLU {b:.2f} ms, ratio {ratio:.2f}x "
+              f"(range {lo:.2f}-{hi:.2f})")
+
+
+if __name__ == "__main__":
+    main()
