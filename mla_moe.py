@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -54,27 +55,43 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 @dataclass
 class MLAMoEConfig:
-    block_size: int = 1024  # longest context
-    vocab_size: int = 50257  # GPT-2 BPE
+    block_size: int = 1024  # longest context; length of the rotary tables and the latent cache
+    vocab_size: int = 50257  # GPT-2 BPE: 256 bytes + 50,000 merges + <|endoftext|>
     n_layer: int = 12  # number of Transformer blocks
     n_head: int = 12  # attention heads
     n_embd: int = 768  # width of the residual stream
-    # Multi-head Latent Attention (DeepSeek-V2 §2.1); V2's ratios: r = 4 d_h, dr = d_h / 2
-    q_lora_rank: int = 0  # rank of the query latent c_Q; 0 = full-rank queries (as V2-Lite)
-    kv_lora_rank: int = 256  # rank r of the key-value latent c_KV, the cached part
-    qk_nope_head_dim: int = 64  # per-head query/key part without position (up-projected from c_KV)
+    # Multi-head Latent Attention (DeepSeek-V2 §2.1), here at V2's ratios r = 4 d_h, dr = d_h / 2
+    q_lora_rank: int = 0  # rank of the query latent c_Q; 0 = full-rank queries (as DeepSeek-V2-Lite)
+    kv_lora_rank: int = 256  # rank r of the key-value latent c_KV: the cached part
+    qk_nope_head_dim: int = 64  # per-head query/key part without position, up-projected from c_KV
     qk_rope_head_dim: int = 32  # decoupled RoPE part: per-head queries, one key shared by all heads
     v_head_dim: int = 64  # per-head value size
     rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
-    # feed-forward: the first dense layer(s) and DeepSeekMoE (V3-style) everywhere else
-    ffn_hidden: int = 2048  # SwiGLU hidden size of the dense layers
-    first_dense_layers: int = 1  # this many first blocks keep a dense SwiGLU (V3: 3 of 61)
-    # training features
-    mtp: bool = False  # multi-token prediction (V3 §2.2, depth 1): also predict the token after next
-    mtp_weight: float = 0.3  # lambda of V3 eq. 25, the MTP loss's weight in the total
-    grad_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
+    mlp_hidden: int = 0  # dense SwiGLU hidden size before rounding; 0 = 8/3 n_embd
+    multiple_of: int = 64  # SwiGLU hidden sizes are rounded up to a multiple of this (fast matmuls)
+    tie_embeddings: bool = True  # the output head shares its weight with the token embedding
     norm_eps: float = 1e-5  # added to the mean square in RMSNorm
     dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    # mixture of experts: moe_gpt.py's fields, with DeepSeek-V3's choices as defaults
+    n_routed_experts: int = 8  # experts the router chooses from, before fine-grained segmentation
+    top_k: int = 1  # routed experts per token, before segmentation
+    n_shared_experts: int = 1  # experts every token goes through, with weight 1 (0 = none)
+    granularity: int = 2  # m: each expert split into m of hidden/m; m*N routed, m*K chosen, m*K_s shared
+    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = the dense SwiGLU's / (K + K_s)
+    first_dense_layers: int = 1  # leading blocks that keep the dense SwiGLU (V3: 3 of 61)
+    gate: str = "sigmoid"  # "sigmoid" (DeepSeek-V3) or "softmax" (DeepSeekMoE) expert scores
+    renormalize: bool = True  # divide the chosen experts' scores by their sum (only when m*K > 1)
+    router_noise: float = 0.0  # training only: router input times U(1 - eps, 1 + eps) (Switch jitter)
+    aux_loss_weight: float = 0.0  # Switch's batch-wise balancing loss; off: V3 balances with the bias
+    z_loss_weight: float = 0.0  # ST-MoE router z-loss mean(logsumexp(logits)^2)
+    bias_update_rate: float = 1e-3  # V3 auxiliary-loss-free balancing: bias step per optimizer step (gamma)
+    capacity_factor: float = 0.0  # 0 = dropless; else capacity = ceil(factor * tokens * k / experts)
+    seq_aux_loss_weight: float = 1e-4  # alpha of V3 eq. 17, the sequence-wise balance loss (0 = off)
+    routed_scaling_factor: float = 2.5  # the chosen routed experts' weights are multiplied by this (V3)
+    # training features
+    mtp: bool = False  # multi-token prediction (V3 §2.2, depth 1): also predict the token after next
+    mtp_weight: float = 0.3  # lambda of V3 eq. 25, the MTP loss's weight in the training loss
+    grad_checkpointing: bool = False  # recompute each block in backward instead of keeping its activations
 
 
 PRESETS = {
@@ -82,8 +99,9 @@ PRESETS = {
     # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; a latent of 48 + 16
     # RoPE values is a quarter of MHA's 2 x 128 per token
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, kv_lora_rank=48, qk_nope_head_dim=32,
-                qk_rope_head_dim=16, v_head_dim=32, ffn_hidden=512),
+                qk_rope_head_dim=16, v_head_dim=32),
 }
+
 
 # ----------------------------------------------------------------------------- building blocks
 
@@ -130,6 +148,13 @@ class RotaryEmbedding(nn.Module):
         return rotated.type_as(x)
 
 
+def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
+    """SwiGLU hidden size: mlp_hidden, or 8/3 n_embd when 0 (three matrices of C x 8C/3 hold as many
+    parameters as the GELU MLP's two of C x 4C, Shazeer 2020 §2), rounded up to multiple_of."""
+    hidden = mlp_hidden or int(8 * n_embd / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward (Shazeer 2020, arXiv 2002.05202, eq. 6): down(silu(gate(x)) * up(x))."""
 
@@ -145,11 +170,215 @@ class SwiGLU(nn.Module):
         return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
-class MoE(SwiGLU):
-    """TEMP"""
+# ----------------------------------------------------------------------------- mixture of experts
+# Router, Experts, grouped_mm_dtype and MoE form one block (it uses SwiGLU and swiglu_hidden above):
+# other model files copy it whole. MoE(config).forward(x) returns the layer's output and keeps the
+# batch's auxiliary losses and statistics on the layer for the model to add and log.
+
+class Router(nn.Module):
+    """Scores each token against every routed expert and chooses top_k of them, in float32.
+
+    Scores s are softmax(x W) over all experts (DeepSeekMoE eq. 5), taken before choosing, so a
+    chosen weight stays below 1 and the router learns from the LM loss even with top-1; or
+    sigmoid(x W) per expert (DeepSeek-V3 eq. 15). Experts are chosen by s + bias, where bias is
+    DeepSeek-V3's balancing bias (eq. 16; a buffer, never trained), and weighted by s alone,
+    divided by the chosen scores' sum when `renormalize` and top_k > 1 (with one expert that
+    sum-normalised weight would be exactly 1, and the router would get no gradient).
+    """
+
+    def __init__(self, n_embd, n_experts, top_k, gate, renormalize, noise):
+        super().__init__()
+        if gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown gate {gate!r}: use softmax or sigmoid")
+        self.top_k, self.gate, self.renormalize, self.noise = top_k, gate, renormalize, noise
+        self.weight = nn.Parameter(torch.randn(n_experts, n_embd) * 0.02)
+        self.register_buffer("bias", torch.zeros(n_experts))  # in the state_dict: a resumed run keeps it
+
+    def forward(self, x):
+        """x (N, C) -> chosen experts (N, k), their weights (N, k), logits and scores (N, E)."""
+        with torch.autocast(x.device.type, enabled=False):  # routing decisions are precision-sensitive
+            x = x.float()
+            if self.training and self.noise > 0:
+                x = x * torch.empty_like(x).uniform_(1.0 - self.noise, 1.0 + self.noise)
+            logits = F.linear(x, self.weight.float())
+        scores = logits.softmax(dim=-1) if self.gate == "softmax" else logits.sigmoid()
+        experts = torch.topk(scores.detach() + self.bias, self.top_k, dim=-1).indices
+        weights = scores.gather(1, experts)
+        if self.renormalize and self.top_k > 1:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return experts, weights, logits, scores
+
+
+def grouped_mm_dtype(x, *weights):
+    """The dtype in which torch's grouped matmul (F.grouped_mm, where this PyTorch has it) can run
+    the experts on x, or None: then a loop over the experts does. On CPU it takes any float dtype;
+    on CUDA only bfloat16 (under bf16 autocast here); every row must span a multiple of 16 bytes."""
+    if not hasattr(F, "grouped_mm"):
+        return None
+    if x.device.type == "cpu":
+        dtype = x.dtype
+    elif x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and \
+            torch.get_autocast_dtype("cuda") == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0):
+        dtype = torch.bfloat16
+    else:
+        return None
+    row_bytes = [w.size(-1) * dtype.itemsize for w in weights] + [w.size(-2) * dtype.itemsize for w in weights]
+    return dtype if all(b % 16 == 0 for b in row_bytes) else None
+
+
+class Experts(nn.Module):
+    """n_experts SwiGLU experts, down(silu(gate x) * up x), with their weights stacked as
+    gate, up (E, hidden, C) and down (E, C, hidden): one tensor each, not E Linears."""
+
+    def __init__(self, n_experts, n_embd, hidden, n_layer):
+        super().__init__()
+        self.gate = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
+        self.up = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
+        # the residual branch's last matmul, scaled by 1/sqrt(2 n_layer) as every such Linear here
+        self.down = nn.Parameter(torch.randn(n_experts, n_embd, hidden) * 0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, x, counts):
+        """x (A, C): token copies sorted by expert, counts[e] of them for expert e -> (A, C)."""
+        dtype = grouped_mm_dtype(x, self.gate, self.down)
+        if dtype is not None:  # one kernel per matrix for all experts; offsets end each expert's rows
+            ends = counts.cumsum(0).to(torch.int32)
+            x = x.to(dtype)
+            gate, up, down = (w.to(dtype).transpose(1, 2) for w in (self.gate, self.up, self.down))
+            h = F.silu(F.grouped_mm(x, gate, offs=ends)) * F.grouped_mm(x, up, offs=ends)
+            return F.grouped_mm(h, down, offs=ends)
+        outputs = []  # each expert once, on its contiguous rows; unbind costs one stack in backward
+        for rows, gate, up, down in zip(x.split(counts.tolist()), self.gate.unbind(0), self.up.unbind(0),
+                                        self.down.unbind(0)):
+            outputs.append(F.linear(F.silu(F.linear(rows, gate)) * F.linear(rows, up), down))
+        return torch.cat(outputs)
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE feed-forward: shared experts for every token plus top-k of the routed experts.
+
+    Granularity m (DeepSeekMoE §3.1) splits an expert of `hidden` units into m of hidden/m and
+    uses m*N routed experts, m*K per token, and m*K_s shared ones; total and active expert
+    parameters stay the same (the router grows to m*N rows). Shared experts all see every token
+    with weight 1, so they run as one SwiGLU of K_s * hidden units: the same sum, one matmul.
+
+    forward keeps on the layer: aux_loss and z_loss (tensors with gradients, unweighted) and
+    `stats` (the share of routed assignments per expert, the dropped share, both losses as
+    floats); in training it also counts assignments per expert for update_bias().
+    """
 
     def __init__(self, config):
-        super().__init__(config.n_embd, config.ffn_hidden, config.dropout)
+        super().__init__()
+        m, c = config.granularity, config.n_embd
+        dense_hidden = swiglu_hidden(c, config.mlp_hidden, config.multiple_of)
+        hidden = swiglu_hidden(c, config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts),
+                               config.multiple_of)
+        if m < 1 or hidden % m:
+            raise ValueError(f"granularity {m} must be >= 1 and divide the expert hidden size {hidden}")
+        if not 1 <= config.top_k <= config.n_routed_experts:
+            raise ValueError(f"top_k {config.top_k} must be between 1 and n_routed_experts {config.n_routed_experts}")
+        self.n_experts, self.top_k = m * config.n_routed_experts, m * config.top_k
+        self.capacity_factor, self.bias_update_rate = config.capacity_factor, config.bias_update_rate
+        self.router = Router(c, self.n_experts, self.top_k, config.gate, config.renormalize, config.router_noise)
+        self.experts = Experts(self.n_experts, c, hidden // m, config.n_layer)
+        self.shared = SwiGLU(c, config.n_shared_experts * hidden) if config.n_shared_experts else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.stats = {}
+        self.counts = None  # assignments per expert since the last update_bias (training, bias on)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)  # (N, C): tokens are routed one by one
+        N, k, E = B * T, self.top_k, self.n_experts
+        experts, weights, logits, scores = self.router(x)  # (N, k), (N, k), (N, E), (N, E)
+        # assignment a = t * k + j is token t's j-th choice; a stable sort by expert keeps token order
+        expert_of = experts.flatten()  # (N*k,)
+        order = torch.argsort(expert_of, stable=True)
+        counts = torch.bincount(expert_of, minlength=E)  # (E,) assignments per expert
+        kept = counts
+        if self.capacity_factor > 0 and self.training:  # GShard/Switch: each expert keeps its first `capacity`
+            capacity = math.ceil(self.capacity_factor * N * k / E)
+            first = counts.cumsum(0) - counts  # where each expert's rows begin in `order`
+            rank = torch.arange(N * k, device=x.device) - first[expert_of[order]]  # place in its expert's queue
+            order = order[rank < capacity]
+            kept = counts.clamp(max=capacity)
+        token = order // k  # the token of each kept assignment, grouped by expert
+        y = self.experts(x[token], kept) * weights.flatten()[order].unsqueeze(1)  # (A, C)
+        out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
+        if self.shared is not None:
+            out = out + self.shared(x)
+        self.record(counts, order.numel(), logits, scores)
+        return self.dropout(out).view(B, T, C).type_as(x)
+
+    def record(self, counts, n_kept, logits, scores):
+        """Switch's load-balancing loss (arXiv 2101.03961 eq. 4; DeepSeekMoE eq. 12 for top-k):
+        E * sum_i f_i P_i with f_i the share of assignments to expert i and P_i its mean score
+        (sigmoid scores normalised per token), 1 when routing is uniform; the router z-loss
+        (ST-MoE eq. 5) mean(logsumexp(logits)^2), which keeps the logits small."""
+        load = counts.float() / counts.sum()
+        probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
+        self.aux_loss = self.n_experts * (load * probs.mean(dim=0)).sum()
+        self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+        self.stats = {"load": load, "dropped": 1.0 - n_kept / (logits.size(0) * self.top_k),
+                      "aux_loss": self.aux_loss.detach(), "z_loss": self.z_loss.detach()}
+        if self.training and self.bias_update_rate > 0:
+            self.counts = counts.float() if self.counts is None else self.counts + counts
+
+    @torch.no_grad()
+    def update_bias(self):
+        """DeepSeek-V3's auxiliary-loss-free balancing (arXiv 2412.19437 §2.1.2), after an optimizer
+        step: bias_i += rate * sign(mean load - load_i), loads counted since the last call and
+        summed over ranks first, so every rank takes the same step."""
+        if self.counts is None:
+            return
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.counts)
+        self.router.bias += self.bias_update_rate * torch.sign(self.counts.mean() - self.counts)
+        self.counts = None
+
+
+# ----------------------------------------------------------------------------- DeepSeek-V3 additions
+# Two pieces moe_gpt.py's layer lacks, added as subclasses so that the copy above stays identical.
+
+class ScaledRouter(Router):
+    """The Router, with the chosen experts' weights multiplied by routed_scaling_factor (DeepSeek-V3's
+    code: sigmoid scores normalised to sum 1 would give all routed experts together only the weight
+    of one shared expert) and its last choice kept for the sequence-wise balance loss."""
+
+    def __init__(self, scaling, *router_args):
+        super().__init__(*router_args)
+        self.scaling = scaling
+        self.last_choice = None
+
+    def forward(self, x):
+        experts, weights, logits, scores = super().forward(x)
+        self.last_choice = experts, scores  # (N, k), (N, E)
+        return experts, self.scaling * weights, logits, scores
+
+
+class DeepSeekV3MoE(MoE):
+    """The MoE layer with route scaling and V3's complementary sequence-wise balance loss
+    (arXiv 2412.19437 eqs. 17-20). For each sequence of T tokens, with E experts and k chosen:
+        f_i = E / (k T) * sum_t 1[expert i is among token t's choices]       (18)
+        P_i = 1/T sum_t s'_i,t  with s'_i,t = s_i,t / sum_j s_j,t           (19, 20)
+        L_Bal = sum_i f_i P_i, 1 when the sequence spreads evenly           (17)
+    averaged over the batch's sequences; the model adds alpha * L_Bal (seq_aux_loss_weight)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.router = ScaledRouter(config.routed_scaling_factor, config.n_embd, self.n_experts, self.top_k,
+                                   config.gate, config.renormalize, config.router_noise)
+        self.seq_aux_loss = None
+
+    def forward(self, x):
+        out = super().forward(x)
+        B, T, _ = x.shape
+        experts, scores = self.router.last_choice
+        chosen = torch.zeros_like(scores).scatter_(1, experts, 1.0).view(B, T, self.n_experts)
+        f = chosen.sum(dim=1) * self.n_experts / (self.top_k * T)  # (B, E), eq. 18
+        p = (scores / scores.sum(dim=-1, keepdim=True)).view(B, T, self.n_experts).mean(dim=1)  # eqs. 19, 20
+        self.seq_aux_loss = (f * p).sum(dim=-1).mean()  # eq. 17
+        self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
+        return out
 
 
 # ----------------------------------------------------------------------------- Multi-head Latent Attention
@@ -280,14 +509,16 @@ class MultiHeadLatentAttention(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(norm_1(x)), then + mlp(norm_2(x)), the feed-forward an MoE or a dense SwiGLU."""
+    """Pre-norm Transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x)); attention is MLA,
+    mlp a DeepSeek-V3 MoE layer or (moe=False) a dense SwiGLU."""
 
-    def __init__(self, config, use_moe):
+    def __init__(self, config, moe):
         super().__init__()
         self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
         self.attn = MultiHeadLatentAttention(config)
         self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
-        self.mlp = MoE(config) if use_moe else SwiGLU(config.n_embd, config.ffn_hidden, config.dropout)
+        hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
+        self.mlp = DeepSeekV3MoE(config) if moe else SwiGLU(config.n_embd, hidden, config.dropout)
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
@@ -299,14 +530,14 @@ class MultiTokenPrediction(nn.Module):
     """DeepSeek-V3 §2.2 at depth 1: from the main model's last hidden state h_i and the embedding
     of token i+1, predict token i+2 with one more block; embedding and output head are shared.
         h'_i = M [RMSNorm(h_i); RMSNorm(Emb(t_i+1))]    (V3 eq. 21)
-        h_i  = TRM(h'_i), P_i+2 = OutHead(h_i)         (eqs. 22, 23)"""
+        h_i  = TRM(h'_i),  P_i+2 = OutHead(h_i)        (eqs. 22, 23)"""
 
     def __init__(self, config):
         super().__init__()
         self.hidden_norm = RMSNorm(config.n_embd, config.norm_eps)
         self.embed_norm = RMSNorm(config.n_embd, config.norm_eps)
         self.proj = nn.Linear(2 * config.n_embd, config.n_embd, bias=False)  # M
-        self.block = Block(config, use_moe=False)  # dense: MoE statistics stay the main model's
+        self.block = Block(config, moe=False)  # dense: the routing statistics stay the main model's
         self.norm = RMSNorm(config.n_embd, config.norm_eps)
 
     def forward(self, h, next_embedding):
@@ -316,24 +547,26 @@ class MultiTokenPrediction(nn.Module):
 
 
 class MLAMoE(nn.Module):
-    """Token embedding, n_layer blocks (MLA + dense/MoE feed-forward), final RMSNorm, LM head."""
+    """Token embedding, n_layer MLA blocks (dense, then MoE), final RMSNorm, LM head, optional MTP module."""
 
     def __init__(self, config):
         super().__init__()
-        if config.first_dense_layers > config.n_layer:
-            raise ValueError(f"first_dense_layers {config.first_dense_layers} exceeds n_layer {config.n_layer}")
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings; no position table
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config, use_moe=i >= config.first_dense_layers) for i in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config, moe=layer >= config.first_dense_layers) for layer in range(config.n_layer)])
         self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
         self.mtp = MultiTokenPrediction(config) if config.mtp else None
-        self.last_mtp_loss = None
+        self.mtp_loss = None  # the last training batch's MTP loss, for moe_stats
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # GPT-2's init: N(0, 0.02), the Linear ending each residual branch scaled by 1/sqrt(2 * n_layer)
+        # N(0, 0.02) as GPT-2; the Linear that ends each residual branch is scaled by
+        # 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
+        # (Router and Experts initialise their own weights the same way.)
         if isinstance(module, nn.Linear):
             std = 0.02
             if getattr(module, "residual_branch_end", False):
@@ -343,41 +576,63 @@ class MLAMoE(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and with targets (B, T) the loss:
-        cross-entropy (positions marked -100 ignored) + the MoE balance terms (+ the weighted
-        MTP loss when config.mtp). With `cache` (new_cache()) idx continues the cached positions."""
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against
+        targets (B, T) when given (positions marked -100 are ignored), plus in training the weighted
+        balancing losses of every MoE layer and the weighted MTP loss (eval losses are cross-entropy
+        only). With `cache` (new_cache(): a LatentKVCache per layer) idx continues the cached positions."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
-        x = self.drop(self.wte(idx))  # (B, T, C); positions enter through RoPE
+        x = self.drop(self.wte(idx))  # (B, T, C); positions are rotated into the RoPE parts in each layer
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, use_reentrant=False)  # keep x only; recompute the block in backward
+                # keep only the block's input; backward runs the block again (same RNG) for its activations.
+                # A rerun MoE layer counts its assignments twice, which leaves the sign in update_bias as is.
+                x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x, cache[i] if cache is not None else None)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-            if self.mtp is not None and T > 1:
-                self.last_mtp_loss = self.multi_token_loss(x, targets)
-                loss = loss + self.config.mtp_weight * self.last_mtp_loss  # V3 eq. 25
+            if self.training:
+                c = self.config
+                for moe in self.moe_layers():
+                    loss = loss + c.aux_loss_weight * moe.aux_loss + c.z_loss_weight * moe.z_loss
+                    loss = loss + c.seq_aux_loss_weight * moe.seq_aux_loss  # V3 eq. 17
+                if self.mtp is not None and T > 1:
+                    self.mtp_loss = self.multi_token_loss(x, targets)
+                    loss = loss + c.mtp_weight * self.mtp_loss  # V3 eq. 25
         return logits, loss
 
     def multi_token_loss(self, h, targets):
-        """V3 eq. 24: cross-entropy of the MTP prediction of token i+2 from h_i and token i+1 (= targets[i])."""
+        """V3 eq. 24: cross-entropy of the MTP module's guess of token i+2 from h_i (B, T, C) and
+        token i+1, which is targets[:, i]; positions whose token i+1 or i+2 is -100 are ignored."""
         next_tokens = targets[:, :-1]
-        after_next = targets[:, 1:].masked_fill(next_tokens == -100, -100)  # no input token, no target
+        after_next = targets[:, 1:].masked_fill(next_tokens == -100, -100)
         x = self.mtp(h[:, :-1], self.wte(next_tokens.clamp(min=0)))  # (B, T - 1, C)
         logits = self.lm_head(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), after_next.flatten(), ignore_index=-100)
 
+    def moe_layers(self):
+        return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
+
     def moe_stats(self):
-        stats = {}
-        if self.last_mtp_loss is not None:
-            stats["mtp_loss"] = self.last_mtp_loss.item()
-        return stats
+        """The last batch's routing, for train.py's log: balancing losses and dropped share (means
+        over MoE layers), expert_load (MoE layers x experts, share of assignments) and mtp_loss."""
+        stats = {"mtp_loss": self.mtp_loss.item()} if self.mtp_loss is not None else {}
+        layers = [moe.stats for moe in self.moe_layers() if moe.stats]
+        if not layers:
+            return stats
+        for name in ("aux_loss", "z_loss", "seq_aux_loss", "dropped"):
+            stats[name] = sum(float(s[name]) for s in layers) / len(layers)
+        return {**stats, "expert_load": [s["load"].tolist() for s in layers]}
+
+    def update_balance_bias(self):
+        """After each optimizer step: nudge every MoE router's bias toward uniform load."""
+        for moe in self.moe_layers():
+            moe.update_bias()
 
     def new_cache(self, batch_size):
         """An empty latent cache (one LatentKVCache per layer) as long as the context."""
@@ -385,6 +640,7 @@ class MLAMoE(nn.Module):
         w = self.wte.weight
         return [LatentKVCache(batch_size, c.block_size, c.kv_lora_rank, c.qk_rope_head_dim, w.device, w.dtype)
                 for _ in range(c.n_layer)]
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
         """Append max_new_tokens tokens to idx (B, T). temperature 0 is greedy decoding.
@@ -409,7 +665,7 @@ class MLAMoE(nn.Module):
         return idx
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay on matrices and embeddings only (not on biases and norm gains)."""
+        """AdamW; weight decay on matrices and embeddings only (not on norm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -419,16 +675,22 @@ class MLAMoE(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def param_counts(self):
-        """Total parameters, and those active per token: routed experts count top_k of n_routed."""
+        """Total parameters (a tied head counted once; the MTP module included) and those active per
+        token: all but the routed experts a token does not use (top_k of n_experts in each MoE layer)."""
         total = sum(p.numel() for p in self.parameters())
-        return {"total": total, "active": total}
+        idle = sum(sum(p.numel() for p in moe.experts.parameters()) * (1 - moe.top_k / moe.n_experts)
+                   for moe in self.moe_layers())
+        return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
-        6N for the weight matmuls (N active, without the embedding lookup) plus, per attention
-        layer, 6 * seq_len * n_head * (qk head size + v head size) for scores and weighted values."""
+        6N for the weight matmuls plus, per attention layer, 6 * seq_len * n_head * (qk head size +
+        v head size) for scores and weighted values (12 * n_embd * seq_len when both are n_embd / n_head).
+        N leaves out an untied embedding table (a lookup); a tied one counts once, as the head."""
         c = self.config
-        n_matmul = self.param_counts()["active"] - self.wte.weight.numel()
+        n_matmul = self.param_counts()["active"]
+        if not c.tie_embeddings:
+            n_matmul -= self.wte.weight.numel()
         n_attention = c.n_layer + (1 if c.mtp else 0)
         head_sizes = c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim
         return 6 * n_matmul + 6 * n_attention * seq_len * c.n_head * head_sizes

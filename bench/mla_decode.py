@@ -43,7 +43,10 @@ def main():
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = mla_moe.MLAMoEConfig(**{**mla_moe.PRESETS[args.preset], "block_size": args.block_size,
                                      "vocab_size": args.vocab_size})
     torch.manual_seed(0)

@@ -10,8 +10,9 @@ from model_checks import (check_cached_logits_match, check_causality, check_ever
                           check_kv_cache_matches_recompute, check_overfits_one_batch)
 
 VOCAB = 50
+# layer 0 dense, layer 1 MoE: 8 routed experts of 16 hidden units (4 split in 2), 2 chosen, one shared of 32
 TINY = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, kv_lora_rank=12, qk_nope_head_dim=8,
-            qk_rope_head_dim=4, v_head_dim=6, ffn_hidden=48)
+            qk_rope_head_dim=4, v_head_dim=6, mlp_hidden=48, multiple_of=16, n_routed_experts=4)
 
 
 def tiny(**kw):
@@ -157,3 +158,90 @@ def test_mtp_term_appears_only_when_enabled():
         expected = F.cross_entropy(model.lm_head(model.mtp.norm(model.mtp.block(x))).flatten(0, 1), targets[:, 1:].flatten())
     assert math.isclose(stats["mtp_loss"], expected.item(), rel_tol=1e-5)
     assert torch.equal(model.generate(idx[:, :3], 5, temperature=0), plain.generate(idx[:, :3], 5, temperature=0))
+
+
+def test_shared_blocks_are_verbatim_copies():
+    import inspect
+
+    import modern_gpt
+    import moe_gpt
+    for name in ("RMSNorm", "RotaryEmbedding", "swiglu_hidden", "SwiGLU"):
+        assert inspect.getsource(getattr(mla_moe, name)) == inspect.getsource(getattr(modern_gpt, name)), name
+    for name in ("Router", "grouped_mm_dtype", "Experts", "MoE", "sample_next_token", "Tokenizer", "get_batch"):
+        assert inspect.getsource(getattr(mla_moe, name)) == inspect.getsource(getattr(moe_gpt, name)), name
+
+
+def test_moe_layer_equals_moe_gpt_layer_without_route_scaling():
+    import moe_gpt
+    fields = dict(n_embd=32, mlp_hidden=48, multiple_of=16, n_routed_experts=4, gate="sigmoid", n_layer=2)
+    ours = mla_moe.DeepSeekV3MoE(mla_moe.MLAMoEConfig(**fields, routed_scaling_factor=1.0))
+    twin = moe_gpt.MoE(moe_gpt.MoEGPTConfig(**fields))
+    twin.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 32)
+    assert torch.allclose(ours(x), twin(x), atol=1e-6)
+    assert torch.equal(ours.stats["load"], twin.stats["load"])
+
+
+def test_route_scaling_multiplies_the_routed_experts_only():
+    out = {}
+    for scale in (1.0, 2.5):
+        torch.manual_seed(0)
+        moe = mla_moe.DeepSeekV3MoE(mla_moe.MLAMoEConfig(n_embd=32, mlp_hidden=48, multiple_of=16, n_routed_experts=4,
+                                                         n_shared_experts=0, routed_scaling_factor=scale))
+        out[scale] = moe(torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(1)))
+    assert torch.allclose(out[2.5], 2.5 * out[1.0], atol=1e-6)
+
+
+def test_sequence_wise_balance_loss_follows_v3_equations_17_to_20():
+    torch.manual_seed(0)
+    moe = mla_moe.DeepSeekV3MoE(mla_moe.MLAMoEConfig(n_embd=32, mlp_hidden=48, multiple_of=16, n_routed_experts=4))
+    x = torch.randn(3, 10, 32)
+    moe(x)
+    E, k, T = moe.n_experts, moe.top_k, 10
+    expected = 0.0
+    for seq in x:  # one sequence at a time, token by token
+        scores = torch.sigmoid(seq @ moe.router.weight.T)  # (T, E), eq. 15
+        f, p = torch.zeros(E), torch.zeros(E)
+        for s in scores:
+            for i in torch.topk(s + moe.router.bias, k).indices:
+                f[i] += E / (k * T)  # eq. 18
+            p += s / s.sum() / T  # eqs. 19, 20
+        expected += (f * p).sum().item() / len(x)  # eq. 17, averaged over sequences
+    assert math.isclose(moe.seq_aux_loss.item(), expected, rel_tol=1e-5)
+    moe.seq_aux_loss.backward()
+    assert moe.router.weight.grad.abs().sum() > 0  # it trains the router through P_i
+
+
+def test_v3_defaults_first_layer_dense_and_bias_balancing():
+    model = tiny(n_layer=3)
+    assert isinstance(model.h[0].mlp, mla_moe.SwiGLU)
+    assert all(isinstance(b.mlp, mla_moe.DeepSeekV3MoE) for b in model.h[1:])
+    assert model.config.gate == "sigmoid" and model.config.n_shared_experts >= 1
+    model.train()
+    idx = torch.randint(0, VOCAB, (4, 16))
+    _, loss = model(idx, idx)
+    stats = model.moe_stats()
+    assert len(stats["expert_load"]) == 2 and len(stats["expert_load"][0]) == 8
+    assert math.isclose(sum(stats["expert_load"][0]), 1.0, rel_tol=1e-5)
+    assert stats["seq_aux_loss"] > 0 and "mtp_loss" not in stats
+    counts = model.h[1].mlp.counts.clone()
+    model.update_balance_bias()  # overloaded experts go down by the rate, underloaded ones up
+    expected = 1e-3 * torch.sign(counts.mean() - counts)
+    assert torch.equal(model.h[1].mlp.router.bias, expected) and model.h[1].mlp.counts is None
+
+
+def test_bf16_autocast_trains_and_generates():
+    model = tiny(q_lora_rank=10, mtp=True)
+    idx = torch.randint(0, VOCAB, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+        loss.backward()
+        model.eval()
+        out = model.generate(idx[:, :4], 6, temperature=0)
+    assert torch.isfinite(loss) and out.shape == (2, 10)
+
+
+def test_too_long_input_is_a_clear_error():
+    import pytest
+    with pytest.raises(ValueError, match="longer than block_size"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
