@@ -2,33 +2,36 @@
 fgram_moe.py - a character-level RoPE + mixture-of-experts model with causal F-gram
 (n-gram) contextual embeddings, in one file: the model, KV-cache generation, tokenizers, data.
 
-The idea of the public project NanoMoE, done so that it works. Each block is
+The idea of the public project NanoMoE, done so that it works. The blocks are moe_gpt.py's:
 
     x = x + attn(norm_1(x))   rotary self-attention (RoFormer, arXiv 2104.09864), RMSNorm (arXiv 1910.07467)
-    x = x + moe(norm_2(x))    top-k routed SwiGLU experts with a load-balancing loss (Switch
-                              Transformer, arXiv 2101.03961; the same layer as moe_gpt.py)
+    x = x + moe(norm_2(x))    SwiGLU experts, top_k of them per token chosen by a softmax router
+                              (DeepSeekMoE, arXiv 2401.06066), with Switch Transformer's load-balancing
+                              loss (arXiv 2101.03961) and the router z-loss (ST-MoE, arXiv 2202.08906)
 
-and the input of the first block is each character's embedding plus, through a learned
-gate, embeddings of the n-grams (n = 2..fgram_max_n) that END at that character:
+set up as NanoMoE: 4 experts, 2 per token, no shared expert. What this file adds is the input
+of the first block: each character's embedding plus, through a learned gate, the vectors of
+the n-grams (n = 2..fgram_max_n) that END at that character:
 
-    e_t = wte[x_t] + sum_n  g_{t,n} * f(x_{t-n+1} .. x_t)     g_{t,n} = sigmoid(W_n [wte[x_t]; f] + b_n)
+    e_t = wte[x_t] + sum_n g_{t,n} * f(x_{t-n+1} .. x_t),    g_{t,n} = sigmoid(W_n [wte[x_t]; f(...)])
 
 - the n-gram vocabulary is mined from the training split (the fgram_vocab_size most frequent
-  n-grams, deterministic) and saved in the checkpoint;
+  n-grams of all lengths, deterministic) and saved in the checkpoint;
 - position t reads only tokens t-n+1..t, so no n-gram leaks the future, and all positions
-  are looked up at once with a binary search over integer keys (no Python loop over batch
-  or time);
-- f(.) is a small Transformer block run over the n-gram's own characters, computed once per
-  forward pass for the whole n-gram vocabulary, so every n-gram's vector is learned from
-  the characters it is made of.
+  are looked up at once by a binary search over integer keys (no Python loop over batch or time);
+- f is a small Transformer block run over the n-gram's own characters, for the whole n-gram
+  vocabulary once per forward pass: an n-gram's vector is built from what it is made of, as
+  fastText builds word vectors from character n-grams (arXiv 1607.04606). N-Grammer (arXiv
+  2207.06366) adds n-gram embeddings to a Transformer's input in the same spirit.
 
-fgram_max_n 0 turns the F-grams off and leaves a plain char-level MoE. NanoMoE's own code
+fgram_max_n 0 turns F-grams off: the model is then exactly moe_gpt.py's. NanoMoE's own code
 never matched an n-gram (it compared integer tuples to strings), hard-coded its list, looped
 over batch and time in Python, and its router got no gradient.
 
 Run it:
     python train.py --model_type fgram                          # char-level Tiny Shakespeare, CPU recipe
     python train.py --model_type fgram --fgram_max_n 0          # the same model without F-grams
+    python fgram_moe.py                                         # sizes + a sample from random weights
     python fgram_moe.py --ckpt out/ckpt.pt --prompt "ROMEO:"    # sample from a checkpoint
 
 The file imports only torch, numpy, tiktoken and the standard library: copy it
@@ -38,7 +41,7 @@ import argparse
 import base64
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tiktoken
@@ -84,6 +87,7 @@ class FgramMoEConfig:
     # F-grams
     fgram_max_n: int = 3  # longest n-gram (n = 2..fgram_max_n); 0 turns F-grams off
     fgram_vocab_size: int = 1024  # n-grams mined from the training split, all lengths together
+    fgram_hidden: int = 128  # SwiGLU hidden size of the n-gram encoder block (0 = mlp_hidden's); it runs every step
 
 
 PRESETS = {
@@ -520,7 +524,7 @@ class FgramMoE(nn.Module):
             # the mined n-grams, one per row (see mine_fgrams): a buffer, so the checkpoint holds them
             self.register_buffer("fgram_table", torch.full((config.fgram_vocab_size, n), -1))
             # a dense block (a layer index below first_dense_layers gets the SwiGLU, not a MoE layer)
-            self.fgram_encoder = Block(config, layer=-1)
+            self.fgram_encoder = Block(replace(config, mlp_hidden=config.fgram_hidden or config.mlp_hidden), layer=-1)
             self.fgram_gate = FgramGate(config)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
