@@ -61,7 +61,7 @@ PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_kv_head=16, n_embd=1024),  # 355M
     "small-gqa": dict(n_layer=12, n_head=12, n_kv_head=4, n_embd=768),  # 114M, a KV cache 1/3 as large
-    # nanoGPT's CPU Shakespeare recipe; 2 KV heads and SwiGLU 384 give gpt.py's "cpu" block size exactly
+    # nanoGPT's CPU Shakespeare recipe; 2 KV heads and SwiGLU 384: each block as large as gpt.py's "cpu" one
     "cpu": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=64),
 }
 
