@@ -261,15 +261,20 @@ class Router(nn.Module):
 
 
 def grouped_mm_dtype(x, *weights):
-    """The dtype in which F.grouped_mm (where this PyTorch has it) runs the experts on x's device,
-    or None to loop over experts: float32 on CPU, bfloat16 on CUDA (compute capability 8.0+, used
-    under bf16 autocast), each weight's rows and columns a multiple of 16 bytes."""
-    cuda_bf16 = x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
-    if not hasattr(F, "grouped_mm") or not (x.device.type == "cpu" or cuda_bf16):
+    """The dtype in which F.grouped_mm (where this PyTorch has it) can run the experts on x, or None
+    to loop over the experts: x's dtype on CPU; bfloat16 on CUDA GPUs of compute capability 8.0+,
+    under bf16 autocast; bfloat16 only under torch.compile; rows of 16-byte multiples always."""
+    if not hasattr(F, "grouped_mm"):
         return None
-    if cuda_bf16 and torch.cuda.get_device_capability(x.device) < (8, 0):
+    if x.device.type == "cpu":
+        dtype = x.dtype
+    elif x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16 \
+            and torch.cuda.get_device_capability(x.device) >= (8, 0):
+        dtype = torch.bfloat16
+    else:
         return None
-    dtype = torch.bfloat16 if cuda_bf16 else x.dtype
+    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+        return None
     return dtype if all(n * dtype.itemsize % 16 == 0 for w in weights for n in w.shape[1:]) else None
 
 
