@@ -277,15 +277,20 @@ class Router(nn.Module):
 
 
 def grouped_mm_dtype(x, *weights):
-    """The dtype in which F.grouped_mm (where this PyTorch has it) runs the experts on x's device,
-    or None to loop over experts: float32 on CPU, bfloat16 on CUDA (compute capability 8.0+, used
-    under bf16 autocast), each weight's rows and columns a multiple of 16 bytes."""
-    cuda_bf16 = x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
-    if not hasattr(F, "grouped_mm") or not (x.device.type == "cpu" or cuda_bf16):
+    """The dtype in which F.grouped_mm (where this PyTorch has it) can run the experts on x, or None
+    to loop over the experts: x's dtype on CPU; bfloat16 on CUDA GPUs of compute capability 8.0+,
+    under bf16 autocast; bfloat16 only under torch.compile; rows of 16-byte multiples always."""
+    if not hasattr(F, "grouped_mm"):
         return None
-    if cuda_bf16 and torch.cuda.get_device_capability(x.device) < (8, 0):
+    if x.device.type == "cpu":
+        dtype = x.dtype
+    elif x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16 \
+            and torch.cuda.get_device_capability(x.device) >= (8, 0):
+        dtype = torch.bfloat16
+    else:
         return None
-    dtype = torch.bfloat16 if cuda_bf16 else x.dtype
+    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+        return None
     return dtype if all(n * dtype.itemsize % 16 == 0 for w in weights for n in w.shape[1:]) else None
 
 
@@ -512,8 +517,10 @@ class FgramMoE(nn.Module):
         if n:
             # the mined n-grams, one per row (see mine_fgrams): a buffer, so the checkpoint holds them
             self.register_buffer("fgram_table", torch.full((config.fgram_vocab_size, n), -1))
-            # a dense block (a layer index below first_dense_layers gets the SwiGLU, not a MoE layer)
-            self.fgram_encoder = Block(replace(config, mlp_hidden=config.fgram_hidden or config.mlp_hidden), layer=-1)
+            # a dense block (a layer index below first_dense_layers gets the SwiGLU, not a MoE layer),
+            # without dropout of its own: its vectors are dropped out with the embeddings (self.drop)
+            encoder = replace(config, mlp_hidden=config.fgram_hidden or config.mlp_hidden, dropout=0.0)
+            self.fgram_encoder = Block(encoder, layer=-1)
             self.fgram_gate = FgramGate(config)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
@@ -547,13 +554,17 @@ class FgramMoE(nn.Module):
         self.fgram_table.copy_(torch.from_numpy(table))
 
     def fgram_vectors(self):
-        """(F, C): every mined n-gram run through the encoder block as a sequence of its characters,
-        all F at once; an n-gram's vector is the output at its last character, which attends to
-        all of its characters and, the block being causal, never to the -1 padding after them."""
+        """(F, C): the encoder block run on every mined n-gram as a sequence of its characters, all
+        F at once. An n-gram's vector is the block's output at its last character, which attends to
+        all of its characters and, the attention being causal, never to the -1 padding after them.
+        This is fgram_encoder(x)[last] with the position-wise feed-forward run at `last` only."""
         table = self.fgram_table
-        x = self.fgram_encoder(self.wte(table.clamp(min=0)))  # (F, max_n, C)
-        last = ((table >= 0).sum(dim=1) - 1).clamp(min=0)  # unused rows: a vector nobody looks up
-        return x[torch.arange(len(table), device=x.device), last]
+        block = self.fgram_encoder
+        x = self.wte(table.clamp(min=0))  # (F, max_n, C)
+        x = x + block.attn(block.norm_1(x))
+        last = ((table >= 0).sum(dim=1) - 1).clamp(min=0)  # (F,); unused rows: a vector nobody looks up
+        x = x[torch.arange(len(table), device=x.device), last]  # (F, C)
+        return x + block.mlp(block.norm_2(x))
 
     def embed(self, idx, cache=None):
         """Token embeddings (B, T, C) with the F-gram vectors merged in. With a cache, the n-grams

@@ -158,9 +158,9 @@ def test_lookup_at_t_reads_only_tokens_t_minus_n_plus_1_to_t(n):
 
 # ----------------------------------------------------------------------------- encoder, gate, F-grams off
 
-def test_encoder_vector_comes_from_the_ngram_alone():
-    # each n-gram through the block alone, unpadded, gives the batched vector: padding is never read
-    model = tiny(fgram_max_n=4, fgram_vocab_size=FULL).eval()
+def test_encoder_vector_is_the_block_output_at_the_last_character_of_the_ngram_alone():
+    # each n-gram through the whole block alone, unpadded: the batched vector is its last output
+    model = tiny(fgram_max_n=4, fgram_vocab_size=FULL, dropout=0.1).eval()
     with torch.no_grad():
         vectors = model.fgram_vectors()
         for row in (0, 600, FULL - 1):
@@ -168,6 +168,7 @@ def test_encoder_vector_comes_from_the_ngram_alone():
             alone = model.fgram_encoder(model.wte(gram)[None])  # (1, n, C)
             assert torch.allclose(alone[0, -1], vectors[row], atol=1e-6)
     assert {len(model.fgram_table[r][model.fgram_table[r] >= 0]) for r in range(FULL)} == {2, 3, 4}
+    assert model.fgram_encoder.attn.dropout == 0.0 and model.h[0].attn.dropout == 0.1
 
 
 def test_gate_merges_found_ngrams_only():
