@@ -16,6 +16,22 @@ from model_checks import (check_cached_logits_match, check_causality, check_ever
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tiny models gain nothing from a second thread, and on a CPU shared with other work
+    spin-waiting threads slow them several times over; train.py's subprocesses get the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(*args):
+    """python *args from the repository root, as a user runs it; one thread, as above."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=ONE_THREAD,
+                          timeout=300)
 
 
 def tiny(**kw):
@@ -174,14 +190,13 @@ def test_train_py_end_to_end_and_checkpoint_samples(tmp_path):
     args = ["--model_type", "moderngpt", "--tokenizer", "char", "--B", "4", "--T", "16", "--n_layer", "2",
             "--n_head", "2", "--n_kv_head", "1", "--n_embd", "32", "--max_steps", "3", "--eval_interval", "3",
             "--eval_iters", "2", "--sample_tokens", "8", "--device", "cpu", "--out_dir", out]
-    result = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr
     assert "step     3/3 | loss" in result.stdout and "val loss" in result.stdout
     model, tokenizer = mg.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert model.config.n_kv_head == 1 and tokenizer.kind == "char"
-    sample = subprocess.run([sys.executable, "modern_gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt",
-                             "ROMEO:", "--max_new_tokens", "10", "--device", "cpu"], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
+    sample = run_script("modern_gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt",
+                        "ROMEO:", "--max_new_tokens", "10", "--device", "cpu")
     assert sample.returncode == 0, sample.stderr
     assert "ROMEO:" in sample.stdout
     other = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)

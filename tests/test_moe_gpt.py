@@ -18,6 +18,22 @@ from model_checks import (check_cached_logits_match, check_causality, check_ever
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tiny models gain nothing from a second thread, and on a CPU shared with other work
+    spin-waiting threads slow them several times over; train.py's subprocesses get the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(*args):
+    """python *args from the repository root, as a user runs it; one thread, as above."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=ONE_THREAD,
+                          timeout=300)
 TINY = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, multiple_of=16,
             n_routed_experts=4, top_k=1, n_shared_experts=1, granularity=2, first_dense_layers=0)
 
@@ -329,7 +345,7 @@ def test_train_py_end_to_end_logs_expert_load_and_updates_the_bias(tmp_path):
             "--n_kv_head", "1", "--n_embd", "32", "--max_steps", "4", "--eval_interval", "4", "--eval_iters", "2",
             "--sample_tokens", "8", "--device", "cpu", "--out_dir", out, "--bias_update_rate", "0.01",
             "--capacity_factor", "1.0", "--first_dense_layers", "1"]
-    result = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr
     assert "| aux_loss" in result.stdout and "| dropped" in result.stdout and "val loss" in result.stdout
     with open(os.path.join(out, "log.jsonl")) as f:
@@ -338,8 +354,7 @@ def test_train_py_end_to_end_logs_expert_load_and_updates_the_bias(tmp_path):
     assert os.path.getsize(os.path.join(out, "expert_load.png")) > 1000
     model, tokenizer = mm.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert model.h[1].mlp.router.bias.abs().sum() > 0  # the balancing bias is saved with the weights
-    sample = subprocess.run([sys.executable, "moe_gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt", "ROMEO:",
-                             "--max_new_tokens", "10", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT,
-                            timeout=300)
+    sample = run_script("moe_gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt", "ROMEO:",
+                        "--max_new_tokens", "10", "--device", "cpu")
     assert sample.returncode == 0, sample.stderr
     assert "ROMEO:" in sample.stdout and "active" in sample.stdout
