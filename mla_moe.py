@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 MODEL_TYPE = "mlamoe"
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -171,19 +171,18 @@ class SwiGLU(nn.Module):
 
 
 # ----------------------------------------------------------------------------- mixture of experts
-# Router, Experts, grouped_mm_dtype and MoE form one block (it uses SwiGLU and swiglu_hidden above):
-# other model files copy it whole. MoE(config).forward(x) returns the layer's output and keeps the
-# batch's auxiliary losses and statistics on the layer for the model to add and log.
+# Router, grouped_mm_dtype, Experts and MoE are one block (using SwiGLU and swiglu_hidden above)
+# that other model files copy whole. MoE(config)(x) returns the layer's output and keeps the
+# batch's auxiliary losses and statistics on the layer, for the model to add and to log.
 
 class Router(nn.Module):
-    """Scores each token against every routed expert and chooses top_k of them, in float32.
+    """Scores each token against every routed expert in float32 and chooses top_k of them.
 
-    Scores s are softmax(x W) over all experts (DeepSeekMoE eq. 5), taken before choosing, so a
-    chosen weight stays below 1 and the router learns from the LM loss even with top-1; or
-    sigmoid(x W) per expert (DeepSeek-V3 eq. 15). Experts are chosen by s + bias, where bias is
-    DeepSeek-V3's balancing bias (eq. 16; a buffer, never trained), and weighted by s alone,
-    divided by the chosen scores' sum when `renormalize` and top_k > 1 (with one expert that
-    sum-normalised weight would be exactly 1, and the router would get no gradient).
+    Scores s: softmax over all experts (DeepSeekMoE eq. 5), taken before choosing, so a chosen
+    weight stays below 1 and the router learns from the LM loss even with top-1; or sigmoid per
+    expert (DeepSeek-V3 eq. 15). Experts are chosen by s + bias (DeepSeek-V3 eq. 16: a balancing
+    buffer, not trained) and weighted by s, renormalised to sum 1 when `renormalize` and
+    top_k > 1 (for top-1 that weight would be a constant 1 and the router would learn nothing).
     """
 
     def __init__(self, n_embd, n_experts, top_k, gate, renormalize, noise):
@@ -196,9 +195,9 @@ class Router(nn.Module):
 
     def forward(self, x):
         """x (N, C) -> chosen experts (N, k), their weights (N, k), logits and scores (N, E)."""
-        with torch.autocast(x.device.type, enabled=False):  # routing decisions are precision-sensitive
+        with torch.autocast(x.device.type, enabled=False):  # choices flip on rounding errors in bf16
             x = x.float()
-            if self.training and self.noise > 0:
+            if self.training and self.noise > 0:  # Switch's jitter: x * U(1 - eps, 1 + eps)
                 x = x * torch.empty_like(x).uniform_(1.0 - self.noise, 1.0 + self.noise)
             logits = F.linear(x, self.weight.float())
         scores = logits.softmax(dim=-1) if self.gate == "softmax" else logits.sigmoid()
@@ -210,68 +209,66 @@ class Router(nn.Module):
 
 
 def grouped_mm_dtype(x, *weights):
-    """The dtype in which torch's grouped matmul (F.grouped_mm, where this PyTorch has it) can run
-    the experts on x, or None: then a loop over the experts does. On CPU it takes any float dtype;
-    on CUDA only bfloat16 (under bf16 autocast here); every row must span a multiple of 16 bytes."""
+    """The dtype in which F.grouped_mm (where this PyTorch has it) can run the experts on x, or None
+    to loop over the experts: x's dtype on CPU; bfloat16 on CUDA GPUs of compute capability 8.0+,
+    under bf16 autocast; bfloat16 only under torch.compile; rows of 16-byte multiples always."""
     if not hasattr(F, "grouped_mm"):
         return None
     if x.device.type == "cpu":
         dtype = x.dtype
-    elif x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and \
-            torch.get_autocast_dtype("cuda") == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0):
+    elif x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16 \
+            and torch.cuda.get_device_capability(x.device) >= (8, 0):
         dtype = torch.bfloat16
     else:
         return None
-    row_bytes = [w.size(-1) * dtype.itemsize for w in weights] + [w.size(-2) * dtype.itemsize for w in weights]
-    return dtype if all(b % 16 == 0 for b in row_bytes) else None
+    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+        return None
+    return dtype if all(n * dtype.itemsize % 16 == 0 for w in weights for n in w.shape[1:]) else None
 
 
 class Experts(nn.Module):
-    """n_experts SwiGLU experts, down(silu(gate x) * up x), with their weights stacked as
-    gate, up (E, hidden, C) and down (E, C, hidden): one tensor each, not E Linears."""
+    """n_experts SwiGLU experts down(silu(gate x) * up x), weights stacked as gate and up
+    (E, hidden, C) and down (E, C, hidden), run on the rows of each expert in turn."""
 
     def __init__(self, n_experts, n_embd, hidden, n_layer):
         super().__init__()
         self.gate = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
         self.up = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
-        # the residual branch's last matmul, scaled by 1/sqrt(2 n_layer) as every such Linear here
+        # ends a residual branch: scaled by 1/sqrt(2 n_layer) like the model's other such Linears
         self.down = nn.Parameter(torch.randn(n_experts, n_embd, hidden) * 0.02 / math.sqrt(2 * n_layer))
 
     def forward(self, x, counts):
-        """x (A, C): token copies sorted by expert, counts[e] of them for expert e -> (A, C)."""
+        """x (A, C): token copies sorted by expert, counts[e] rows for expert e -> (A, C)."""
         dtype = grouped_mm_dtype(x, self.gate, self.down)
-        if dtype is not None:  # one kernel per matrix for all experts; offsets end each expert's rows
+        if dtype is not None:  # one kernel for all experts; offs marks where each expert's rows end
             ends = counts.cumsum(0).to(torch.int32)
-            x = x.to(dtype)
             gate, up, down = (w.to(dtype).transpose(1, 2) for w in (self.gate, self.up, self.down))
-            h = F.silu(F.grouped_mm(x, gate, offs=ends)) * F.grouped_mm(x, up, offs=ends)
-            return F.grouped_mm(h, down, offs=ends)
-        outputs = []  # each expert once, on its contiguous rows; unbind costs one stack in backward
-        for rows, gate, up, down in zip(x.split(counts.tolist()), self.gate.unbind(0), self.up.unbind(0),
-                                        self.down.unbind(0)):
+            x = x.to(dtype)
+            hidden = F.silu(F.grouped_mm(x, gate, offs=ends)) * F.grouped_mm(x, up, offs=ends)
+            return F.grouped_mm(hidden, down, offs=ends)
+        outputs = []  # unbind, not indexing, so the backward stacks E gradients once
+        weights = zip(self.gate.unbind(0), self.up.unbind(0), self.down.unbind(0))
+        for rows, (gate, up, down) in zip(x.split(counts.tolist()), weights):
             outputs.append(F.linear(F.silu(F.linear(rows, gate)) * F.linear(rows, up), down))
         return torch.cat(outputs)
 
 
 class MoE(nn.Module):
-    """DeepSeekMoE feed-forward: shared experts for every token plus top-k of the routed experts.
+    """DeepSeekMoE feed-forward (arXiv 2401.06066 eqs. 9-11): shared experts plus the top-k routed.
 
-    Granularity m (DeepSeekMoE §3.1) splits an expert of `hidden` units into m of hidden/m and
-    uses m*N routed experts, m*K per token, and m*K_s shared ones; total and active expert
-    parameters stay the same (the router grows to m*N rows). Shared experts all see every token
-    with weight 1, so they run as one SwiGLU of K_s * hidden units: the same sum, one matmul.
-
-    forward keeps on the layer: aux_loss and z_loss (tensors with gradients, unweighted) and
-    `stats` (the share of routed assignments per expert, the dropped share, both losses as
-    floats); in training it also counts assignments per expert for update_bias().
+    Granularity m (§3.1) splits an expert of `hidden` units into m of hidden/m, with m*N routed
+    experts, m*K chosen and m*K_s shared: expert parameters, total and active, stay the same
+    (only the router grows). Shared experts see every token with weight 1, so they run as one
+    SwiGLU of K_s * hidden units: the same sum in one matmul. forward keeps aux_loss and z_loss
+    (unweighted, with gradients) and `stats` on the layer, and counts the training assignments
+    per expert for update_bias().
     """
 
     def __init__(self, config):
         super().__init__()
         m, c = config.granularity, config.n_embd
         dense_hidden = swiglu_hidden(c, config.mlp_hidden, config.multiple_of)
-        hidden = swiglu_hidden(c, config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts),
-                               config.multiple_of)
+        hidden = config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts)
         if m < 1 or hidden % m:
             raise ValueError(f"granularity {m} must be >= 1 and divide the expert hidden size {hidden}")
         if not 1 <= config.top_k <= config.n_routed_experts:
@@ -282,26 +279,24 @@ class MoE(nn.Module):
         self.experts = Experts(self.n_experts, c, hidden // m, config.n_layer)
         self.shared = SwiGLU(c, config.n_shared_experts * hidden) if config.n_shared_experts else None
         self.dropout = nn.Dropout(config.dropout)
-        self.stats = {}
-        self.counts = None  # assignments per expert since the last update_bias (training, bias on)
+        self.stats, self.counts = {}, None  # counts: assignments per expert since the last update_bias
 
     def forward(self, x):
         B, T, C = x.shape
-        x = x.reshape(B * T, C)  # (N, C): tokens are routed one by one
+        x = x.reshape(B * T, C)  # (N, C): each token is routed on its own
         N, k, E = B * T, self.top_k, self.n_experts
         experts, weights, logits, scores = self.router(x)  # (N, k), (N, k), (N, E), (N, E)
-        # assignment a = t * k + j is token t's j-th choice; a stable sort by expert keeps token order
+        # assignment a is token a // k's choice a % k; sorting them by expert (stably: token order
+        # within an expert) lines up each expert's rows
         expert_of = experts.flatten()  # (N*k,)
         order = torch.argsort(expert_of, stable=True)
-        counts = torch.bincount(expert_of, minlength=E)  # (E,) assignments per expert
-        kept = counts
-        if self.capacity_factor > 0 and self.training:  # GShard/Switch: each expert keeps its first `capacity`
+        counts = kept = torch.bincount(expert_of, minlength=E)  # (E,)
+        if self.capacity_factor > 0 and self.training:  # each expert keeps its first `capacity` tokens
             capacity = math.ceil(self.capacity_factor * N * k / E)
-            first = counts.cumsum(0) - counts  # where each expert's rows begin in `order`
-            rank = torch.arange(N * k, device=x.device) - first[expert_of[order]]  # place in its expert's queue
-            order = order[rank < capacity]
+            first_row = counts.cumsum(0) - counts  # where each expert's rows begin in `order`
+            order = order[torch.arange(N * k, device=x.device) - first_row[expert_of[order]] < capacity]
             kept = counts.clamp(max=capacity)
-        token = order // k  # the token of each kept assignment, grouped by expert
+        token = order // k  # (A,) the token of each kept assignment
         y = self.experts(x[token], kept) * weights.flatten()[order].unsqueeze(1)  # (A, C)
         out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
         if self.shared is not None:
@@ -310,10 +305,9 @@ class MoE(nn.Module):
         return self.dropout(out).view(B, T, C).type_as(x)
 
     def record(self, counts, n_kept, logits, scores):
-        """Switch's load-balancing loss (arXiv 2101.03961 eq. 4; DeepSeekMoE eq. 12 for top-k):
-        E * sum_i f_i P_i with f_i the share of assignments to expert i and P_i its mean score
-        (sigmoid scores normalised per token), 1 when routing is uniform; the router z-loss
-        (ST-MoE eq. 5) mean(logsumexp(logits)^2), which keeps the logits small."""
+        """Switch's balancing loss (arXiv 2101.03961 eq. 4; top-k: DeepSeekMoE eq. 12), E * sum_i
+        f_i P_i with f_i the share of assignments to expert i and P_i its mean score (sigmoid scores
+        normalised per token), 1 for uniform routing; ST-MoE's z-loss (arXiv 2202.08906 eq. 5)."""
         load = counts.float() / counts.sum()
         probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
         self.aux_loss = self.n_experts * (load * probs.mean(dim=0)).sum()
@@ -326,7 +320,7 @@ class MoE(nn.Module):
     @torch.no_grad()
     def update_bias(self):
         """DeepSeek-V3's auxiliary-loss-free balancing (arXiv 2412.19437 §2.1.2), after an optimizer
-        step: bias_i += rate * sign(mean load - load_i), loads counted since the last call and
+        step: bias_i += rate * sign(mean load - load_i), the loads counted since the last update and
         summed over ranks first, so every rank takes the same step."""
         if self.counts is None:
             return
@@ -342,16 +336,16 @@ class MoE(nn.Module):
 class ScaledRouter(Router):
     """The Router, with the chosen experts' weights multiplied by routed_scaling_factor (DeepSeek-V3's
     code: sigmoid scores normalised to sum 1 would give all routed experts together only the weight
-    of one shared expert) and its last choice kept for the sequence-wise balance loss."""
+    of one shared expert) and its last choice of experts kept for the sequence-wise balance loss."""
 
     def __init__(self, scaling, *router_args):
         super().__init__(*router_args)
         self.scaling = scaling
-        self.last_choice = None
+        self.last_experts = None
 
     def forward(self, x):
         experts, weights, logits, scores = super().forward(x)
-        self.last_choice = experts, scores  # (N, k), (N, E)
+        self.last_experts = experts  # (N, k)
         return experts, self.scaling * weights, logits, scores
 
 
@@ -361,7 +355,7 @@ class DeepSeekV3MoE(MoE):
         f_i = E / (k T) * sum_t 1[expert i is among token t's choices]       (18)
         P_i = 1/T sum_t s'_i,t  with s'_i,t = s_i,t / sum_j s_j,t           (19, 20)
         L_Bal = sum_i f_i P_i, 1 when the sequence spreads evenly           (17)
-    averaged over the batch's sequences; the model adds alpha * L_Bal (seq_aux_loss_weight)."""
+    averaged over the batch's sequences, kept as seq_aux_loss; the model adds alpha * L_Bal."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -370,15 +364,17 @@ class DeepSeekV3MoE(MoE):
         self.seq_aux_loss = None
 
     def forward(self, x):
-        out = super().forward(x)
-        B, T, _ = x.shape
-        experts, scores = self.router.last_choice
-        chosen = torch.zeros_like(scores).scatter_(1, experts, 1.0).view(B, T, self.n_experts)
-        f = chosen.sum(dim=1) * self.n_experts / (self.top_k * T)  # (B, E), eq. 18
-        p = (scores / scores.sum(dim=-1, keepdim=True)).view(B, T, self.n_experts).mean(dim=1)  # eqs. 19, 20
+        self.seq_len = x.size(1)  # record() regroups the routed tokens (B*T of them) into sequences
+        return super().forward(x)
+
+    def record(self, counts, n_kept, logits, scores):
+        super().record(counts, n_kept, logits, scores)
+        E = self.n_experts
+        chosen = torch.zeros_like(scores).scatter_(1, self.router.last_experts, 1.0).view(-1, self.seq_len, E)
+        f = chosen.sum(dim=1) * E / (self.top_k * self.seq_len)  # (B, E), eq. 18
+        p = (scores / scores.sum(dim=-1, keepdim=True)).view(-1, self.seq_len, E).mean(dim=1)  # eqs. 19, 20
         self.seq_aux_loss = (f * p).sum(dim=-1).mean()  # eq. 17
         self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
-        return out
 
 
 # ----------------------------------------------------------------------------- Multi-head Latent Attention
@@ -587,9 +583,11 @@ class MLAMoE(nn.Module):
         x = self.drop(self.wte(idx))  # (B, T, C); positions are rotated into the RoPE parts in each layer
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and cache is None:
-                # keep only the block's input; backward runs the block again (same RNG) for its activations.
-                # A rerun MoE layer counts its assignments twice, which leaves the sign in update_bias as is.
-                x = checkpoint(block, x, use_reentrant=False)
+                # keep only the block's input; backward runs the whole block again (same RNG, so the same
+                # routing; no early stop, so each MoE layer's stats are rewritten whole) for its activations.
+                # The rerun counts each assignment twice, which leaves the sign in update_bias as it is.
+                with set_checkpoint_early_stop(False):
+                    x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x, cache[i] if cache is not None else None)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
@@ -842,8 +840,8 @@ def cache_size_table(config):
     (n_head heads of n_embd / n_head, keys and values both cached), as a printable table."""
     head_dim = config.n_embd // config.n_head
     rows = [("MHA", 2 * config.n_head * head_dim)]
-    if config.n_head % 4 == 0 and config.n_head > 4:
-        rows.append((f"GQA, {config.n_head // 4} KV heads", 2 * (config.n_head // 4) * head_dim))
+    n_kv_head = max(2, config.n_head // 4)  # e.g. 8 KV heads for 32 query heads, as Llama-2 70B / Llama 3 8B
+    rows.append((f"GQA, {n_kv_head} KV heads", 2 * n_kv_head * head_dim))
     rows.append(("MQA, 1 KV head", 2 * head_dim))
     rows.append((f"MLA, r {config.kv_lora_rank} + dr {config.qk_rope_head_dim}",
                  config.kv_lora_rank + config.qk_rope_head_dim))
@@ -893,7 +891,7 @@ def main():
     if model.config != MLAMoEConfig():
         print(cache_size_table(model.config))
     counts = model.param_counts()
-    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters, {model.config}")
+    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters ({counts['active'] / 1e6:.2f}M active), {model.config}")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     for row in out.tolist():

@@ -122,8 +122,8 @@ def test_cache_table_default_config_is_at_most_a_quarter_of_mha():
     assert float(mla[-1]) <= 0.25
 
 
-def test_checkpointed_blocks_give_identical_gradients():
-    grads = []
+def test_checkpointed_blocks_give_identical_gradients_stats_and_bias_steps():
+    grads, stats, biases = [], [], []
     for flag in (False, True):
         model = tiny(grad_checkpointing=flag, mtp=True)
         model.train()
@@ -132,6 +132,10 @@ def test_checkpointed_blocks_give_identical_gradients():
         _, loss = model(idx, targets)
         loss.backward()
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        stats.append(model.moe_stats())
+        model.update_balance_bias()
+        biases.append(model.h[1].mlp.router.bias.clone())
+    assert stats[0] == stats[1] and torch.equal(biases[0], biases[1]) and biases[0].abs().sum() > 0
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name
