@@ -506,8 +506,8 @@ class FgramMoE(nn.Module):
     def __init__(self, config):
         super().__init__()
         n = config.fgram_max_n
-        if n == 1 or n < 0:
-            raise ValueError(f"fgram_max_n {n}: use 0 (no F-grams) or the longest n-gram, >= 2")
+        if n == 1 or n < 0 or n > config.block_size:
+            raise ValueError(f"fgram_max_n {n}: use 0 (no F-grams) or the longest n-gram, 2 to block_size")
         if n and (config.vocab_size + 1) ** n >= 2 ** 63:
             raise ValueError(f"{n}-grams of {config.vocab_size} tokens overflow the int64 keys: lower --fgram_max_n")
         if n and config.fgram_vocab_size < 1:

@@ -209,7 +209,8 @@ def test_unmined_table_adds_nothing():
     assert torch.equal(with_parts(idx)[0], without(idx)[0])
 
 
-@pytest.mark.parametrize("kw, message", [({"fgram_max_n": 1}, "fgram_max_n"), ({"fgram_vocab_size": 0}, "fgram_vocab_size"),
+@pytest.mark.parametrize("kw, message", [({"fgram_max_n": 1}, "fgram_max_n"), ({"fgram_max_n": 17}, "block_size"),
+                                         ({"fgram_vocab_size": 0}, "fgram_vocab_size"),
                                          ({"vocab_size": 50257, "fgram_max_n": 5}, "int64")])
 def test_bad_config_is_a_clear_error(kw, message):
     with pytest.raises(ValueError, match=message):
