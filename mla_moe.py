@@ -95,7 +95,10 @@ class MLAMoEConfig:
 
 
 PRESETS = {
-    "default": dict(),  # 12 layers of 768, V2's MLA ratios
+    # GPT-2 small's shape (the defaults); MLA caches 288 values per token per layer, MHA 1536
+    "gpt2": dict(),
+    # GPT-2 medium's shape with DeepSeek-V2's low-rank queries too: 288 cached values against MHA's 2048
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, q_lora_rank=512),
     # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; a latent of 48 + 16
     # RoPE values is a quarter of MHA's 2 x 128 per token
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, kv_lora_rank=48, qk_nope_head_dim=32,
@@ -334,9 +337,9 @@ class MoE(nn.Module):
 # Two pieces moe_gpt.py's layer lacks, added as subclasses so that the copy above stays identical.
 
 class ScaledRouter(Router):
-    """The Router, with the chosen experts' weights multiplied by routed_scaling_factor (DeepSeek-V3's
-    code: sigmoid scores normalised to sum 1 would give all routed experts together only the weight
-    of one shared expert) and its last choice of experts kept for the sequence-wise balance loss."""
+    """The Router, with the chosen experts' weights multiplied by routed_scaling_factor (2.5 in
+    DeepSeek-V3's config: weights normalised to sum 1 would give the routed experts together the
+    weight of one shared expert) and its last choice of experts kept for the sequence-wise loss."""
 
     def __init__(self, scaling, *router_args):
         super().__init__(*router_args)
@@ -352,16 +355,17 @@ class ScaledRouter(Router):
 class DeepSeekV3MoE(MoE):
     """The MoE layer with route scaling and V3's complementary sequence-wise balance loss
     (arXiv 2412.19437 eqs. 17-20). For each sequence of T tokens, with E experts and k chosen:
-        f_i = E / (k T) * sum_t 1[expert i is among token t's choices]       (18)
+        f_i = E / (k T) * sum_t 1[expert i is among token t's k choices]     (18)
         P_i = 1/T sum_t s'_i,t  with s'_i,t = s_i,t / sum_j s_j,t           (19, 20)
         L_Bal = sum_i f_i P_i, 1 when the sequence spreads evenly           (17)
-    averaged over the batch's sequences, kept as seq_aux_loss; the model adds alpha * L_Bal."""
+    averaged over the batch's sequences, kept as seq_aux_loss; the model adds alpha * L_Bal.
+    (Eq. 18 writes the top-k of s; the choices here are the router's, made with the bias.)"""
 
     def __init__(self, config):
         super().__init__(config)
         self.router = ScaledRouter(config.routed_scaling_factor, config.n_embd, self.n_experts, self.top_k,
                                    config.gate, config.renormalize, config.router_noise)
-        self.seq_aux_loss = None
+        self.seq_aux_loss = self.seq_len = None
 
     def forward(self, x):
         self.seq_len = x.size(1)  # record() regroups the routed tokens (B*T of them) into sequences
@@ -891,7 +895,7 @@ def main():
     if model.config != MLAMoEConfig():
         print(cache_size_table(model.config))
     counts = model.param_counts()
-    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters ({counts['active'] / 1e6:.2f}M active), {model.config}")
+    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters ({counts['active'] / 1e6:.2f}M active),", model.config)
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     for row in out.tolist():
