@@ -438,7 +438,10 @@ class MultiHeadLatentAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = config
-        self.n_head, self.nope_dim, self.rope_dim, self.v_dim = c.n_head, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+        if min(c.n_head, c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim) < 1 or c.q_lora_rank < 0:
+            raise ValueError("n_head, kv_lora_rank and the head sizes must be positive, q_lora_rank >= 0 (0 = off)")
+        self.n_head, self.nope_dim = c.n_head, c.qk_nope_head_dim
+        self.rope_dim, self.v_dim = c.qk_rope_head_dim, c.v_head_dim
         self.scale = 1.0 / math.sqrt(c.qk_nope_head_dim + c.qk_rope_head_dim)  # the full query-key head size
         q_in = c.q_lora_rank or c.n_embd
         if c.q_lora_rank:
@@ -554,7 +557,8 @@ class MLAMoE(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings; no position table
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config, moe=layer >= config.first_dense_layers) for layer in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config, moe=layer >= config.first_dense_layers)
+                                for layer in range(config.n_layer)])
         self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -604,8 +608,9 @@ class MLAMoE(nn.Module):
                     loss = loss + c.aux_loss_weight * moe.aux_loss + c.z_loss_weight * moe.z_loss
                     loss = loss + c.seq_aux_loss_weight * moe.seq_aux_loss  # V3 eq. 17
                 if self.mtp is not None and T > 1:
-                    self.mtp_loss = self.multi_token_loss(x, targets)
-                    loss = loss + c.mtp_weight * self.mtp_loss  # V3 eq. 25
+                    mtp_loss = self.multi_token_loss(x, targets)
+                    self.mtp_loss = mtp_loss.detach()
+                    loss = loss + c.mtp_weight * mtp_loss  # V3 eq. 25
         return logits, loss
 
     def multi_token_loss(self, h, targets):

@@ -67,7 +67,8 @@ def main():
           f"prompt {args.prompt_len}, {args.new_tokens} new tokens, median of {args.reps} interleaved runs")
     for name, times in seconds.items():
         median = statistics.median(times)
-        print(f"{name:>13}: {tokens / median:8.1f} tokens/s (median {median:.3f} s, runs {', '.join(f'{t:.3f}' for t in times)})")
+        runs = ", ".join(f"{t:.3f}" for t in times)
+        print(f"{name:>13}: {tokens / median:8.1f} tokens/s (median {median:.3f} s; runs {runs})")
     ratio = statistics.median(seconds["no cache"]) / statistics.median(seconds["latent cache"])
     same = torch.equal(outputs["latent cache"], outputs["no cache"])
     print(f"speed-up of the latent cache: {ratio:.2f}x; greedy outputs identical: {'yes' if same else 'NO'}")

@@ -158,8 +158,10 @@ def test_mtp_term_appears_only_when_enabled():
         h = model.wte(idx)
         for block in model.h:
             h = block(h)
-        x = model.mtp.proj(torch.cat([model.mtp.hidden_norm(h[:, :-1]), model.mtp.embed_norm(model.wte(targets[:, :-1]))], -1))
-        expected = F.cross_entropy(model.lm_head(model.mtp.norm(model.mtp.block(x))).flatten(0, 1), targets[:, 1:].flatten())
+        mtp = model.mtp
+        x = mtp.proj(torch.cat([mtp.hidden_norm(h[:, :-1]), mtp.embed_norm(model.wte(targets[:, :-1]))], dim=-1))
+        logits = model.lm_head(mtp.norm(mtp.block(x)))  # predicts tokens i+2 = targets[:, 1:]
+        expected = F.cross_entropy(logits.flatten(0, 1), targets[:, 1:].flatten())
     assert math.isclose(stats["mtp_loss"], expected.item(), rel_tol=1e-5)
     assert torch.equal(model.generate(idx[:, :3], 5, temperature=0), plain.generate(idx[:, :3], 5, temperature=0))
 
