@@ -247,7 +247,7 @@ def main(argv=None):
     parser.add_argument("--lora_alpha", type=float, default=16.0)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, help="default 5e-5 (chapter 6/7's), 5e-4 for --init scratch")
     parser.add_argument("--weight_decay", type=float, default=0.1)
     parser.add_argument("--dropout", type=float, default=0.0, help="for --init scratch")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest generated response")
@@ -276,9 +276,10 @@ def main(argv=None):
     if args.lora_rank:
         add_lora(model, args.lora_rank, args.lora_alpha)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lr = args.lr or (5e-4 if args.init == "scratch" else 5e-5)  # a random model needs larger steps
     print(f"init {args.init}: {model.config}; training {trainable:,} weights "
-          f"({f'LoRA rank {args.lora_rank}' if args.lora_rank else 'full fine-tuning'})")
-    val_loss = train(model, loaders, args.epochs, args.lr, args.weight_decay, args.device)
+          f"({f'LoRA rank {args.lora_rank}' if args.lora_rank else 'full fine-tuning'}), lr {lr:g}")
+    val_loss = train(model, loaders, args.epochs, lr, args.weight_decay, args.device)
     if args.lora_rank:
         merge_lora(model)
     save_checkpoint(model, tokenizer, os.path.join(args.out_dir, "ckpt.pt"))

@@ -109,7 +109,7 @@ def test_end_to_end_on_a_subset_from_gpt2_weights(tmp_path, capsys):
                "--lr", "1e-3", "--out", out, "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "80 messages (30 spam) -> 60 balanced -> train 42, val 6, test 12" in printed
-    assert "epoch 2/2" in printed and "test accuracy" in printed
+    assert "epoch 2/2" in printed and "kept epoch" in printed and "test accuracy" in printed
     spam.main(["--classify", "Free entry! Text WIN to 80086 now", "--out", out])
     assert capsys.readouterr().out.strip() in ("ham", "spam")
     assert spam.load_classifier(out).lm_head.out_features == 2
