@@ -12,7 +12,8 @@ processes hits both sides alike, and prints the median of the per-repetition rat
 
     python bench/moe_step_time.py                      # the nanoGPT CPU recipe's size and a bigger one
     python bench/moe_step_time.py --dispatch loop      # force the loop over experts (no grouped matmul)
-    python bench/moe_step_time.py --threads 1 --reps 9
+    python bench/moe_step_time.py --threads 1 --reps 9 --calls 3   # the figures in the README
+    python bench/moe_step_time.py --granularity 4      # 4 of 32 routed experts instead of 2 of 16
 """
 import argparse
 import os
@@ -30,7 +31,7 @@ SETTINGS = {  # name: (model shape, batch B, sequence T)
     "cpu recipe (4 x 128, B 12, T 64)": (dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128), 12, 64),
     "bigger (4 x 256, B 8, T 256)": (dict(n_layer=4, n_head=8, n_kv_head=4, n_embd=256), 8, 256),
 }
-MOE = dict(n_routed_experts=8, top_k=1, n_shared_experts=1, granularity=2, first_dense_layers=0)
+MOE = dict(n_routed_experts=8, top_k=1, n_shared_experts=1, first_dense_layers=0)  # moe_gpt's "cpu" preset
 
 
 def interleaved_ratio(run_a, run_b, reps, calls):
@@ -73,6 +74,7 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--dispatch", choices=["auto", "loop"], default="auto",
                    help="auto: F.grouped_mm where this PyTorch has it; loop: one matmul per expert")
+    p.add_argument("--granularity", type=int, default=2, help="DeepSeekMoE's m (moe_gpt's default: 2)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     if args.threads:
@@ -84,7 +86,8 @@ def main():
     for name, (shape, B, T) in SETTINGS.items():
         torch.manual_seed(0)
         dense = modern_gpt.ModernGPT(modern_gpt.ModernGPTConfig(**shape, block_size=T, vocab_size=65)).to(args.device)
-        moe = moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(**shape, **MOE, block_size=T, vocab_size=65)).to(args.device)
+        config = moe_gpt.MoEGPTConfig(**shape, **MOE, granularity=args.granularity, block_size=T, vocab_size=65)
+        moe = moe_gpt.MoEGPT(config).to(args.device)
         d, m = dense.param_counts(), moe.param_counts()
         layer = moe.h[0].mlp
         print(f"\n{name}: dense SwiGLU {dense.h[0].mlp.gate.out_features} hidden | MoE: shared "
