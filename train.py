@@ -82,6 +82,9 @@ def parse_args(argv):
     p.add_argument("--wandb_project", default="nanodecoder")
     p.add_argument("--wandb_run_name")
     args, rest = p.parse_known_args(argv)
+    for name in ("B", "T", "max_steps", "eval_interval", "eval_iters", "log_interval"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
     if args.model_type not in MODEL_FILES:
         raise UsageError(f"unknown model type {args.model_type!r}: choose one of {', '.join(MODEL_FILES)}")
     module = importlib.import_module(MODEL_FILES[args.model_type])
@@ -184,10 +187,9 @@ class Run:
                 raise UsageError(f"{args.data}: the {split} split has {len(ids)} tokens, fewer than T+1 = "
                                  f"{args.T + 1}: use a longer corpus or a smaller --T")
 
-        config = {**module.PRESETS.get(args.preset, {}), "block_size": args.T, "vocab_size": self.tokenizer.vocab_size}
         if args.preset not in module.PRESETS:
             raise UsageError(f"unknown preset {args.preset!r} for {args.model_type}: choose one of {', '.join(module.PRESETS)}")
-        config.update(overrides)
+        config = {**module.PRESETS[args.preset], "block_size": args.T, "vocab_size": self.tokenizer.vocab_size, **overrides}
         if ckpt:
             clashes = [k for k, v in overrides.items() if ckpt["config"].get(k) != v]
             if clashes:

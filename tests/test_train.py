@@ -130,6 +130,11 @@ def test_unknown_option_and_bad_value():
     assert "--n_layer takes a int" in one_line_error(run_train("--n_layer", "three", check=False))
 
 
+def test_unknown_preset_and_non_positive_sizes():
+    assert "unknown preset 'huge'" in one_line_error(run_train("--preset", "huge", check=False))
+    assert "--eval_interval must be at least 1" in one_line_error(run_train("--eval_interval", "0", check=False))
+
+
 def test_batch_size_that_does_not_divide():
     assert "not a multiple of B*T*ranks" in one_line_error(run_train("--total_batch_size", "100", check=False))
 
