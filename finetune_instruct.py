@@ -185,9 +185,10 @@ def respond(model, tokenizer, entry, max_new_tokens, device, chunk=16):
     `chunk` at a time, so generation stops soon after the model ends its answer."""
     prompt = tokenizer.encode(format_prompt(entry))
     ids = torch.tensor([prompt], device=device)
-    while ids.size(1) - len(prompt) < max_new_tokens and PAD_ID not in ids[0, len(prompt):]:
-        ids = model.generate(ids, min(chunk, max_new_tokens - (ids.size(1) - len(prompt))), temperature=0)
-    answer = ids[0, len(prompt):].tolist()
+    answer = []
+    while len(answer) < max_new_tokens and PAD_ID not in answer:
+        ids = model.generate(ids, min(chunk, max_new_tokens - len(answer)), temperature=0)
+        answer = ids[0, len(prompt):].tolist()
     if PAD_ID in answer:
         answer = answer[:answer.index(PAD_ID)]
     return tokenizer.decode(answer).strip()
