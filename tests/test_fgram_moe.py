@@ -21,13 +21,6 @@ VOCAB = 8  # few characters, so random sequences are full of mined n-grams
 FULL = 1200  # every bigram and trigram of corpus(), and the most frequent 4-grams
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two fight each other on a busy machine (100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def corpus(length=20000, seed=0):
@@ -241,8 +234,7 @@ def test_train_py_end_to_end_mines_checkpoints_and_samples(tmp_path):
     args = [sys.executable, "train.py", "--model_type", "fgram", "--max_steps", "2", "--eval_interval", "2",
             "--eval_iters", "1", "--B", "2", "--T", "16", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
             "--n_kv_head", "2", "--fgram_vocab_size", "64", "--sample_tokens", "4", "--device", "cpu", "--out_dir", out]
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300, env=one_thread)
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "(char)" in result.stdout  # character-level by default
     model, tokenizer = fm.load_checkpoint(os.path.join(out, "ckpt.pt"))
@@ -251,6 +243,5 @@ def test_train_py_end_to_end_mines_checkpoints_and_samples(tmp_path):
     assert torch.equal(model.fgram_table, torch.from_numpy(mined))
     assert tokenizer.decode(mined[0][mined[0] >= 0].tolist()) == "e "  # the most frequent n-gram of Shakespeare
     sample = subprocess.run([sys.executable, "fgram_moe.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt",
-                             "ROMEO:", "--max_new_tokens", "8"], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env=one_thread)
+                             "ROMEO:", "--max_new_tokens", "8"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert sample.returncode == 0 and "ROMEO:" in sample.stdout, sample.stderr

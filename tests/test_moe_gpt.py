@@ -18,22 +18,11 @@ from model_checks import (check_cached_logits_match, check_causality, check_ever
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny models gain nothing from a second thread, and on a CPU shared with other work
-    spin-waiting threads slow them several times over; train.py's subprocesses get the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_script(*args):
-    """python *args from the repository root, as a user runs it; one thread, as above."""
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=ONE_THREAD,
-                          timeout=300)
+    """python *args from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
 TINY = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, multiple_of=16,
             n_routed_experts=4, top_k=1, n_shared_experts=1, granularity=2, first_dense_layers=0)
 

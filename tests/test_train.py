@@ -81,10 +81,9 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
 
 
 def test_torchrun_two_cpu_ranks_train_and_end_with_identical_weights(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "train.py", *TINY, "--max_steps", "4", "--eval_interval", "2", "--out_dir", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "x 2 ranks" in result.stdout
     assert "weights identical on all 2 ranks: yes" in result.stdout
