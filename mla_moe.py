@@ -1,31 +1,22 @@
 """
-mla_moe.py - a DeepSeek-V2/V3-style GPT: Multi-head Latent Attention with a compressed KV
-cache, DeepSeekMoE feed-forward layers, optional multi-token prediction, in one file.
+mla_moe.py - a DeepSeek-V2/V3-style GPT in one file: Multi-head Latent Attention with a compressed
+KV cache, DeepSeekMoE feed-forward layers, optional multi-token prediction.
 
-Multi-head Latent Attention (MLA; DeepSeek-V2, arXiv 2405.04434, §2.1) projects each token
-to one small latent c_KV (kv_lora_rank values) from which every head's keys and values are
-up-projected, plus one RoPE key shared by all heads (decoupled RoPE, qk_rope_head_dim
-values). Training expands keys and values per head and runs ordinary attention. Generation
-caches only [c_KV; k_R] per token and attends in the "absorbed" form: the key up-projection
-is folded into the query and the value up-projection applied after attention, so the cache
-never grows with the number of heads (`python mla_moe.py` prints the bytes against MHA/GQA).
+- MLA (DeepSeek-V2, arXiv 2405.04434, §2.1): keys and values are up-projected from one small latent
+  per token, plus one decoupled RoPE key shared by all heads. Training expands them per head;
+  generation caches only the latent and the RoPE key and attends in the absorbed form.
+- DeepSeekMoE (arXiv 2401.06066) with DeepSeek-V3's choices (arXiv 2412.19437): sigmoid gates,
+  auxiliary-loss-free bias balancing, a small sequence-wise balance loss, route scaling, the first
+  layer dense. Multi-token prediction (V3 §2.2, depth 1) behind `mtp`, gradient checkpointing
+  behind `grad_checkpointing`. RMSNorm, RoPE (arXiv 2104.09864) and SwiGLU (arXiv 2002.05202) are
+  copied from modern_gpt.py, the MoE layer from moe_gpt.py. docs/mla_moe.md explains the equations.
 
-The feed-forward layers are DeepSeekMoE (arXiv 2401.06066: shared experts plus fine-grained
-routed experts) with DeepSeek-V3's choices (arXiv 2412.19437): sigmoid gates normalized over
-the chosen experts, auxiliary-loss-free balancing by a per-expert bias (V3 §2.1.2), a small
-sequence-wise balance loss (V3 eqs. 17-20), route scaling, the first layer dense. Router
-noise and a capacity factor are options. Multi-token prediction (V3 §2.2, depth 1: one extra
-block predicting the token after next) is behind `mtp`; gradient checkpointing per block
-behind `grad_checkpointing`. RMSNorm (arXiv 1910.07467), RoPE (RoFormer, arXiv 2104.09864)
-and SwiGLU (arXiv 2002.05202) are copied from modern_gpt.py, the MoE layer from moe_gpt.py.
-
-Not implemented, on purpose: one public "MoE with latent attention" project attends with a
-handful of learned latent vectors that read the WHOLE sequence, after which every position
-reads those latents. In a causal language model that leaks the future: position t receives
-summaries of tokens t+1, t+2, ... through the latents, so training learns to copy the next
-token and generation (which has no future) falls apart; a causal mask on the second step
-cannot help, because every latent has already mixed all positions. MLA compresses per
-token instead, so position t only ever sees latents of positions <= t.
+Not implemented, on purpose: attention through a handful of learned latent vectors that read the
+WHOLE sequence, which every position then reads (one public "MoE with latent attention" project).
+In a causal LM that leaks the future: position t receives summaries of tokens t+1, t+2, ..., so
+training learns to copy the next token and generation falls apart; a causal mask on the second
+step cannot help, since every latent has already mixed all positions. MLA compresses each token on
+its own, so position t only ever sees latents of positions <= t.
 
 Run it:
     python train.py --model_type mlamoe --tokenizer char    # nanoGPT's CPU Shakespeare recipe
@@ -95,12 +86,8 @@ class MLAMoEConfig:
 
 
 PRESETS = {
-    # GPT-2 small's shape (the defaults); MLA caches 288 values per token per layer, MHA 1536
-    "gpt2": dict(),
-    # GPT-2 medium's shape with DeepSeek-V2's low-rank queries too: 288 cached values against MHA's 2048
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, q_lora_rank=512),
-    # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; a latent of 48 + 16
-    # RoPE values is a quarter of MHA's 2 x 128 per token
+    "gpt2": dict(),  # GPT-2 small's shape: MLA caches 288 values per token per layer, MHA 1536
+    # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; r 48 + dr 16 = MHA's 256 / 4
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, kv_lora_rank=48, qk_nope_head_dim=32,
                 qk_rope_head_dim=16, v_head_dim=32),
 }
@@ -384,10 +371,8 @@ class DeepSeekV3MoE(MoE):
 # ----------------------------------------------------------------------------- Multi-head Latent Attention
 
 class LatentKVCache:
-    """What MLA keeps per token for one layer: the normalized latent c_KV and the shared RoPE key k_R.
-
-    Preallocated as c_kv (B, max_len, kv_lora_rank) and k_rope (B, max_len, qk_rope_head_dim):
-    kv_lora_rank + qk_rope_head_dim values per token, whatever the number of heads."""
+    """One layer's cache: the normalized latent c_kv (B, max_len, r) and the shared, already rotated
+    RoPE key k_rope (B, max_len, dr), r + dr values per token whatever the number of heads."""
 
     def __init__(self, batch_size, max_len, kv_lora_rank, rope_dim, device, dtype):
         self.c_kv = torch.zeros(batch_size, max_len, kv_lora_rank, device=device, dtype=dtype)
@@ -404,9 +389,8 @@ class LatentKVCache:
 
 
 def causal_attention(q, k, v, dropout_p, scale):
-    """softmax(q k^T * scale) v where query i sees keys up to its own position.
-
-    q is (B, nh, t, d) for the last t positions; k (B, nh, S, d), v (B, nh, S, dv) hold all S positions."""
+    """softmax(q k^T * scale) v where query i sees keys up to its own position; q (B, nh, t, d)
+    holds the last t positions, k (B, nh, S, d) and v (B, nh, S, dv) all S of them."""
     t, S = q.size(2), k.size(2)
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
@@ -418,22 +402,10 @@ def causal_attention(q, k, v, dropout_p, scale):
 
 
 class MultiHeadLatentAttention(nn.Module):
-    """DeepSeek-V2 (arXiv 2405.04434) §2.1: keys and values come from one small latent per token.
-
-    Equation numbers are the paper's. h is the block input (B, T, C); nh heads; dn, dr, dv are
-    qk_nope_head_dim, qk_rope_head_dim and v_head_dim; r is kv_lora_rank.
-        c_KV = W^DKV h                 (9)   the latent, (B, T, r), RMSNorm'ed (as DeepSeek's code)
-        k_C  = W^UK c_KV               (10)  per-head keys without position, (B, T, nh, dn)
-        v_C  = W^UV c_KV               (11)  per-head values, (B, T, nh, dv)
-        c_Q  = W^DQ h                  (12)  optional query latent (q_lora_rank > 0), RMSNorm'ed
-        q_C  = W^UQ c_Q                (13)  (c_Q is h itself when q_lora_rank = 0)
-        q_R  = RoPE(W^QR c_Q)          (14)  per-head RoPE queries, (B, T, nh, dr)
-        k_R  = RoPE(W^KR h)            (15)  ONE RoPE key shared by all heads, (B, T, dr)
-        q = [q_C; q_R], k = [k_C; k_R] (16, 17)
-        o  = softmax(q k^T / sqrt(dn + dr)) v_C   (18)
-        u  = W^O [o_1; ...; o_nh]      (19)
-    RoPE is kept apart from k_C because a rotation between W^UK and the query would depend
-    on the position, and W^UK could no longer be folded into the query (the absorbed form)."""
+    """DeepSeek-V2 §2.1; (n) are its equation numbers. nh heads; dn, dr, dv, r are qk_nope_head_dim,
+    qk_rope_head_dim, v_head_dim, kv_lora_rank. RoPE lives in its own dr channels (one key shared
+    by all heads) because a position-dependent rotation between W^UK and the query would stop W^UK
+    from being folded into the query, which is what the absorbed form does."""
 
     def __init__(self, config):
         super().__init__()
@@ -450,7 +422,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.q_up = nn.Linear(q_in, c.n_head * c.qk_nope_head_dim, bias=False)  # W^UQ
         self.q_rope = nn.Linear(q_in, c.n_head * c.qk_rope_head_dim, bias=False)  # W^QR
         self.kv_down = nn.Linear(c.n_embd, c.kv_lora_rank, bias=False)  # W^DKV
-        self.kv_norm = RMSNorm(c.kv_lora_rank, c.norm_eps)
+        self.kv_norm = RMSNorm(c.kv_lora_rank, c.norm_eps)  # as in DeepSeek's code
         self.k_up = nn.Linear(c.kv_lora_rank, c.n_head * c.qk_nope_head_dim, bias=False)  # W^UK
         self.v_up = nn.Linear(c.kv_lora_rank, c.n_head * c.v_head_dim, bias=False)  # W^UV
         self.k_rope = nn.Linear(c.n_embd, c.qk_rope_head_dim, bias=False)  # W^KR
@@ -464,12 +436,11 @@ class MultiHeadLatentAttention(nn.Module):
         B, T, C = x.shape
         nh = self.n_head
         start = cache.pos if cache is not None else 0
-        c_q = self.q_norm(self.q_down(x)) if hasattr(self, "q_down") else x  # (12)
+        c_q = self.q_norm(self.q_down(x)) if hasattr(self, "q_down") else x  # (12); x itself without a q latent
         q_nope = self.q_up(c_q).view(B, T, nh, self.nope_dim).transpose(1, 2)  # (13): (B, nh, T, dn)
-        q_rope = self.q_rope(c_q).view(B, T, nh, self.rope_dim).transpose(1, 2)
-        q_rope = self.rotary(q_rope, start)  # (14)
+        q_rope = self.rotary(self.q_rope(c_q).view(B, T, nh, self.rope_dim).transpose(1, 2), start)  # (14)
         c_kv = self.kv_norm(self.kv_down(x))  # (9): (B, T, r)
-        k_rope = self.rotary(self.k_rope(x).unsqueeze(1), start).squeeze(1)  # (15): (B, T, dr)
+        k_rope = self.rotary(self.k_rope(x).unsqueeze(1), start).squeeze(1)  # (15): (B, T, dr), one head
         dropout = self.dropout if self.training else 0.0
         if cache is None:
             y = self.expanded_attention(q_nope, q_rope, c_kv, k_rope, dropout)
@@ -485,24 +456,19 @@ class MultiHeadLatentAttention(nn.Module):
         nh = self.n_head
         k_nope = self.k_up(c_kv).view(B, S, nh, self.nope_dim).transpose(1, 2)  # (10): (B, nh, S, dn)
         v = self.v_up(c_kv).view(B, S, nh, self.v_dim).transpose(1, 2)  # (11): (B, nh, S, dv)
-        k_rope = k_rope.unsqueeze(1).expand(B, nh, S, self.rope_dim)  # the shared k_R, seen by every head
         q = torch.cat([q_nope, q_rope], dim=-1)  # (16): (B, nh, T, dn + dr)
-        k = torch.cat([k_nope, k_rope], dim=-1)  # (17)
+        k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, nh, S, self.rope_dim)], dim=-1)  # (17)
         return causal_attention(q, k, v, dropout, self.scale)  # (18): (B, nh, T, dv)
 
     def absorbed_attention(self, q_nope, q_rope, c_kv, k_rope, dropout):
-        """Generation: attend against the cached latent itself, never expanding it per head.
-
-        q_C^T k_C = q_C^T W^UK c_KV = (W^UK^T q_C)^T c_KV, so W^UK is folded into the query;
-        sum_s p_s W^UV c_KV,s = W^UV (sum_s p_s c_KV,s), so W^UV is applied after attention.
-        Every head then attends to the same keys [c_KV; k_R] and values c_KV: multi-query
-        attention in the latent space, at r + dr values of cache per token."""
+        """Generation, on the cached latent itself: q_C^T (W^UK c_KV) = (W^UK^T q_C)^T c_KV and
+        sum_s p_s W^UV c_KV,s = W^UV sum_s p_s c_KV,s, so W^UK goes into the query and W^UV after
+        attention; every head reads the same keys [c_KV; k_R] and values c_KV (MQA in latent space)."""
         B, S, r = c_kv.shape
         nh = self.n_head
         w_uk = self.k_up.weight.view(nh, self.nope_dim, r)  # (nh, dn, r)
         w_uv = self.v_up.weight.view(nh, self.v_dim, r)  # (nh, dv, r)
-        q_latent = q_nope @ w_uk  # (B, nh, T, dn) @ (nh, dn, r) -> (B, nh, T, r)
-        q = torch.cat([q_latent, q_rope], dim=-1)  # (B, nh, T, r + dr)
+        q = torch.cat([q_nope @ w_uk, q_rope], dim=-1)  # (B, nh, T, dn) @ (nh, dn, r) -> (B, nh, T, r + dr)
         k = torch.cat([c_kv, k_rope], dim=-1).unsqueeze(1).expand(B, nh, S, r + self.rope_dim)
         v = c_kv.unsqueeze(1).expand(B, nh, S, r)
         o_latent = causal_attention(q, k, v, dropout, self.scale)  # (B, nh, T, r)
@@ -512,8 +478,7 @@ class MultiHeadLatentAttention(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x)); attention is MLA,
-    mlp a DeepSeek-V3 MoE layer or (moe=False) a dense SwiGLU."""
+    """Pre-norm block: x + attn(norm_1(x)), then + mlp(norm_2(x)); MLA, then MoE or (moe=False) SwiGLU."""
 
     def __init__(self, config, moe):
         super().__init__()
@@ -530,10 +495,8 @@ class Block(nn.Module):
 
 
 class MultiTokenPrediction(nn.Module):
-    """DeepSeek-V3 §2.2 at depth 1: from the main model's last hidden state h_i and the embedding
-    of token i+1, predict token i+2 with one more block; embedding and output head are shared.
-        h'_i = M [RMSNorm(h_i); RMSNorm(Emb(t_i+1))]    (V3 eq. 21)
-        h_i  = TRM(h'_i),  P_i+2 = OutHead(h_i)        (eqs. 22, 23)"""
+    """DeepSeek-V3 §2.2 at depth 1: h'_i = M [RMSNorm(h_i); RMSNorm(Emb(t_i+1))] (eq. 21), one more
+    block (eq. 22), then the shared output head predicts token i+2 (eq. 23)."""
 
     def __init__(self, config):
         super().__init__()
@@ -581,9 +544,8 @@ class MLAMoE(nn.Module):
 
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against
-        targets (B, T) when given (positions marked -100 are ignored), plus in training the weighted
-        balancing losses of every MoE layer and the weighted MTP loss (eval losses are cross-entropy
-        only). With `cache` (new_cache(): a LatentKVCache per layer) idx continues the cached positions."""
+        targets (B, T) when given (-100 is ignored), plus in training the weighted MoE and MTP losses.
+        With `cache` (new_cache(): a LatentKVCache per layer) idx continues the cached positions."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -591,9 +553,8 @@ class MLAMoE(nn.Module):
         x = self.drop(self.wte(idx))  # (B, T, C); positions are rotated into the RoPE parts in each layer
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and cache is None:
-                # keep only the block's input; backward runs the whole block again (same RNG, so the same
-                # routing; no early stop, so each MoE layer's stats are rewritten whole) for its activations.
-                # The rerun counts each assignment twice, which leaves the sign in update_bias as it is.
+                # keep only the block's input and rerun it in backward (same RNG, so the same routing);
+                # no early stop, so the rerun rewrites each MoE layer's stats whole
                 with set_checkpoint_early_stop(False):
                     x = checkpoint(block, x, use_reentrant=False)
             else:
@@ -615,11 +576,10 @@ class MLAMoE(nn.Module):
 
     def multi_token_loss(self, h, targets):
         """V3 eq. 24: cross-entropy of the MTP module's guess of token i+2 from h_i (B, T, C) and
-        token i+1, which is targets[:, i]; positions whose token i+1 or i+2 is -100 are ignored."""
+        token i+1 = targets[:, i]; positions whose token i+1 or i+2 is -100 are ignored."""
         next_tokens = targets[:, :-1]
         after_next = targets[:, 1:].masked_fill(next_tokens == -100, -100)
-        x = self.mtp(h[:, :-1], self.wte(next_tokens.clamp(min=0)))  # (B, T - 1, C)
-        logits = self.lm_head(x)
+        logits = self.lm_head(self.mtp(h[:, :-1], self.wte(next_tokens.clamp(min=0))))  # (B, T - 1, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), after_next.flatten(), ignore_index=-100)
 
     def moe_layers(self):
@@ -690,10 +650,9 @@ class MLAMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
-        6N for the weight matmuls plus, per attention layer, 6 * seq_len * n_head * (qk head size +
-        v head size) for scores and weighted values (12 * n_embd * seq_len when both are n_embd / n_head).
-        N leaves out an untied embedding table (a lookup); a tied one counts once, as the head."""
+        """Training FLOPs per token (PaLM, arXiv 2204.02311, appendix B): 6N for the weight matmuls (an
+        untied embedding table is a lookup, left out) plus 6 * seq_len * n_head * (dn + dr + dv) per
+        attention layer, the MTP block's included (PaLM's 12 * n_embd * seq_len for other head sizes)."""
         c = self.config
         n_matmul = self.param_counts()["active"]
         if not c.tie_embeddings:
@@ -845,20 +804,18 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def cache_size_table(config):
-    """KV-cache bytes per token per layer for MLA and for MHA / GQA / MQA of the same width
-    (n_head heads of n_embd / n_head, keys and values both cached), as a printable table."""
+    """KV-cache values and bytes per token per layer: MLA against MHA, GQA and MQA of the same width."""
     head_dim = config.n_embd // config.n_head
-    rows = [("MHA", 2 * config.n_head * head_dim)]
-    n_kv_head = max(2, config.n_head // 4)  # e.g. 8 KV heads for 32 query heads, as Llama-2 70B / Llama 3 8B
-    rows.append((f"GQA, {n_kv_head} KV heads", 2 * n_kv_head * head_dim))
-    rows.append(("MQA, 1 KV head", 2 * head_dim))
-    rows.append((f"MLA, r {config.kv_lora_rank} + dr {config.qk_rope_head_dim}",
-                 config.kv_lora_rank + config.qk_rope_head_dim))
+    n_kv_head = max(2, config.n_head // 4)  # e.g. 8 KV heads for 32 query heads, as Llama 3 8B
+    rows = [("MHA", 2 * config.n_head * head_dim), (f"GQA, {n_kv_head} KV heads", 2 * n_kv_head * head_dim),
+            ("MQA, 1 KV head", 2 * head_dim),
+            (f"MLA, r {config.kv_lora_rank} + dr {config.qk_rope_head_dim}", config.kv_lora_rank + config.qk_rope_head_dim)]
     lines = [f"KV cache per token per layer, {config.n_layer} layers x {config.n_head} heads x {config.n_embd} wide:",
              f"{'attention':<22}{'values':>8}{'bf16 bytes':>12}{'fp32 bytes':>12}{'/ MHA':>8}"]
     for name, values in rows:
         lines.append(f"{name:<22}{values:>8}{2 * values:>12}{4 * values:>12}{values / rows[0][1]:>8.3f}")
     return "\n".join(lines)
+
 
 def load_checkpoint(path, device="cpu"):
     """The model (eval mode) and tokenizer stored by train.py at `path`; only tensors and
