@@ -131,7 +131,7 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout_p, new_positions):
+def causal_attention(q, k, v, dropout_p):
     """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
 
     q is (B, nh, t, hd) for the last t positions; k, v (B, n_kv, S, hd) hold all S positions,
@@ -160,7 +160,7 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.c_proj.residual_branch_end = True  # see ModernGPT._init_weights
+        self.c_proj.residual_branch_end = True  # see _init_weights
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
         self.rotary = RotaryEmbedding(self.head_dim, config.block_size, config.rope_theta)
@@ -180,7 +180,7 @@ class CausalSelfAttention(nn.Module):
         k = self.rotary(self.k_norm(k), start)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd): keys are stored already rotated
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, T)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 

@@ -86,7 +86,8 @@ def test_overfits_one_batch():
 
 def reference_moe(moe, x, capacity_factor=0.0):
     """The MoE layer written token by token, from the papers' equations: score every expert,
-    choose top-k by score + bias, weight by the score (renormalised for k > 1), drop an
+    choose top-k by score + bias, weight by the score (renormalised for k > 1, times the
+    route scaling), drop an
     assignment once its expert has `capacity` tokens (tokens in order, each token's choices in
     order), and add the shared experts with weight 1."""
     router, experts = moe.router, moe.experts
@@ -101,6 +102,7 @@ def reference_moe(moe, x, capacity_factor=0.0):
         weights = [scores[e] for e in chosen]
         if router.renormalize and k > 1:
             weights = [w / sum(weights) for w in weights]
+        weights = [router.scaling * w for w in weights]
         for e, w in zip(chosen, weights):
             if capacity is not None and taken[e] >= capacity:
                 continue  # dropped: the token keeps only its residual (and the shared experts)
@@ -119,6 +121,7 @@ def reference_moe(moe, x, capacity_factor=0.0):
     dict(gate="sigmoid", top_k=2, n_shared_experts=1),
     dict(gate="softmax", top_k=1, n_shared_experts=1, capacity_factor=0.75),
     dict(gate="sigmoid", top_k=2, n_shared_experts=1, capacity_factor=0.5),
+    dict(gate="sigmoid", top_k=2, n_shared_experts=1, routed_scaling_factor=2.5),
 ])
 def test_moe_layer_equals_per_token_reference(kw, dispatch):
     moe = moe_layer(**kw).train()
@@ -244,6 +247,56 @@ def test_z_loss_is_mean_squared_logsumexp():
     moe(x)
     logits = x[0] @ moe.router.weight.T
     assert torch.allclose(moe.z_loss, torch.logsumexp(logits, -1).pow(2).mean())
+
+
+def reference_seq_aux_loss(moe, x):
+    """DeepSeek-V3 eqs. 17-20 one sequence at a time, token by token, averaged over sequences."""
+    E, k, T = moe.n_experts, moe.top_k, x.size(1)
+    total = 0.0
+    for seq in x:
+        f, p = torch.zeros(E), torch.zeros(E)
+        for logits in seq @ moe.router.weight.T:
+            s = logits.softmax(-1) if moe.router.gate == "softmax" else logits.sigmoid()  # eq. 15
+            for i in torch.topk(s + moe.router.bias, k).indices:
+                f[i] += E / (k * T)  # eq. 18
+            p += s / s.sum() / T  # eqs. 19, 20
+        total += (f * p).sum().item()  # eq. 17
+    return total / len(x)
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+def test_sequence_wise_balance_loss_equals_per_sequence_reference(gate):
+    moe = moe_layer(gate=gate, top_k=2, seq_aux_loss_weight=1e-4)
+    with torch.no_grad():
+        moe.router.bias.copy_(torch.linspace(-0.2, 0.2, 8))
+    x = torch.randn(3, 10, 32)
+    moe(x)
+    assert math.isclose(moe.seq_aux_loss.item(), reference_seq_aux_loss(moe, x), rel_tol=1e-5)
+    assert moe.stats["seq_aux_loss"] == moe.seq_aux_loss.detach()
+    moe.seq_aux_loss.backward()
+    assert moe.router.weight.grad.abs().sum() > 0  # it trains the router through P_i
+
+
+def test_sequence_wise_loss_is_weighted_into_training_loss_and_off_by_default():
+    idx, targets = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
+    model = tiny(seq_aux_loss_weight=0.5).train()
+    logits, loss = model(idx, targets)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    c = model.config
+    expected = ce + sum(c.aux_loss_weight * m.aux_loss + c.z_loss_weight * m.z_loss + 0.5 * m.seq_aux_loss
+                        for m in model.moe_layers())
+    assert torch.allclose(loss, expected)
+    assert "seq_aux_loss" in model.moe_stats()
+    model = tiny().train()
+    model(idx, targets)
+    assert "seq_aux_loss" not in model.moe_stats()
+
+
+def test_route_scaling_multiplies_the_routed_experts_only():
+    x = torch.randn(2, 8, 32)
+    plain, scaled = moe_layer(n_shared_experts=0), moe_layer(n_shared_experts=0, routed_scaling_factor=2.5)
+    assert torch.allclose(scaled(x), 2.5 * plain(x), atol=1e-6)
+    assert torch.equal(scaled.stats["load"], plain.stats["load"])  # the same choices
 
 
 def test_bias_update_reduces_imbalance_of_a_skewed_router():
