@@ -2,31 +2,21 @@
 fgram_moe.py - a character-level RoPE + mixture-of-experts model with causal F-gram
 (n-gram) contextual embeddings, in one file: the model, KV-cache generation, tokenizers, data.
 
-The idea of the public project NanoMoE, done so that it works. The blocks are moe_gpt.py's:
+The idea of the public project NanoMoE, done so that it works. The blocks are moe_gpt.py's: RMSNorm,
+rotary self-attention (RoFormer, arXiv 2104.09864) and a DeepSeekMoE feed-forward (arXiv 2401.06066)
+with Switch's balancing loss (arXiv 2101.03961) and the router z-loss (ST-MoE, arXiv 2202.08906), set
+up as NanoMoE: 4 experts, 2 per token, none shared. What this file adds is the first block's input:
+each character's embedding plus, through a learned gate, the vectors of the n-grams (n = 2..fgram_max_n)
+that END at that character:
 
-    x = x + attn(norm_1(x))   rotary self-attention (RoFormer, arXiv 2104.09864), RMSNorm (arXiv 1910.07467)
-    x = x + moe(norm_2(x))    SwiGLU experts, top_k of them per token chosen by a softmax router
-                              (DeepSeekMoE, arXiv 2401.06066), with Switch Transformer's load-balancing
-                              loss (arXiv 2101.03961) and the router z-loss (ST-MoE, arXiv 2202.08906)
+    e_t = wte[x_t] + sum_n g_{t,n} * f_{t,n},    g_{t,n} = sigmoid(W_n [wte[x_t]; f_{t,n}])
 
-set up as NanoMoE: 4 experts, 2 per token, no shared expert. What this file adds is the input
-of the first block: each character's embedding plus, through a learned gate, the vectors of
-the n-grams (n = 2..fgram_max_n) that END at that character:
-
-    e_t = wte[x_t] + sum_n g_{t,n} * f(x_{t-n+1} .. x_t),    g_{t,n} = sigmoid(W_n [wte[x_t]; f(...)])
-
-- the n-gram vocabulary is mined from the training split (the fgram_vocab_size most frequent
-  n-grams of all lengths, deterministic) and saved in the checkpoint;
-- position t reads only tokens t-n+1..t, so no n-gram leaks the future, and all positions
-  are looked up at once by a binary search over integer keys (no Python loop over batch or time);
-- f is a small Transformer block run over the n-gram's own characters, for the whole n-gram
-  vocabulary once per forward pass: an n-gram's vector is built from what it is made of, as
-  fastText builds word vectors from character n-grams (arXiv 1607.04606). N-Grammer (arXiv
-  2207.06366) adds n-gram embeddings to a Transformer's input in the same spirit.
-
-fgram_max_n 0 turns F-grams off: the model is then exactly moe_gpt.py's. NanoMoE's own code
-never matched an n-gram (it compared integer tuples to strings), hard-coded its list, looped
-over batch and time in Python, and its router got no gradient.
+The n-grams are the fgram_vocab_size most frequent in the training split, mined once and kept in the
+checkpoint; every position is looked up at once (no loop over batch or time) and reads only tokens
+t-n+1..t. f_{t,n} is a small Transformer block run over the n-gram's own characters, as fastText builds
+word vectors from character n-grams (arXiv 1607.04606; N-Grammer, arXiv 2207.06366, is in the same
+spirit). fgram_max_n 0 turns F-grams off and leaves exactly moe_gpt.py's model. docs/fgram_moe.md
+explains each part and what NanoMoE's own code got wrong.
 
 Run it:
     python train.py --model_type fgram                          # char-level Tiny Shakespeare, CPU recipe
@@ -87,12 +77,10 @@ class FgramMoEConfig:
     # F-grams
     fgram_max_n: int = 3  # longest n-gram (n = 2..fgram_max_n); 0 turns F-grams off
     fgram_vocab_size: int = 1024  # n-grams mined from the training split, all lengths together
-    fgram_hidden: int = 128  # SwiGLU hidden size of the n-gram encoder block (0 = mlp_hidden's); it runs every step
+    fgram_hidden: int = 128  # SwiGLU hidden size of the n-gram encoder block (0 = mlp_hidden's)
 
 
-PRESETS = {
-    # NanoMoE's defaults, which are nanoGPT's CPU recipe's shape: 4 experts of SwiGLU 192, 2 per token,
-    # so a token uses 384 expert hidden units, as modern_gpt's dense SwiGLU
+PRESETS = {  # NanoMoE's defaults, nanoGPT's CPU recipe's shape; 2 of 4 experts of 192 = modern_gpt's SwiGLU 384
     "cpu": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, block_size=64),
 }
 
@@ -417,16 +405,21 @@ class Block(nn.Module):
 
 
 # ----------------------------------------------------------------------------- F-gram embeddings
+# Mining, lookup, encoder, gate and cache step by step, with the reasons: docs/fgram_moe.md.
+
+def fgram_keys(tokens, vocab_size):
+    """One int64 key per n-gram, tokens (..., n) oldest first: sum_j (token_j + 1) * (vocab_size + 1)^j.
+    -1 (no token) is the digit 0 and real tokens are digits >= 1, so n-grams of different lengths never
+    share a key, and an unused table row (all -1) has the key 0, which no n-gram has."""
+    powers = (vocab_size + 1) ** torch.arange(tokens.size(-1), device=tokens.device)
+    return ((tokens + 1) * powers).sum(-1)
+
 
 def mine_fgrams(ids, vocab_size, max_n, table_size):
-    """The table_size most frequent n-grams (n = 2..max_n, all lengths competing) of `ids`.
-
-    Returns a (table_size, max_n) int64 array, one n-gram per row, most frequent first: its
-    tokens oldest first, then -1 (rows past the corpus's distinct n-grams are all -1). Each
-    n-gram is counted as one int64 key (see fgram_keys); equal counts go to the smaller key,
-    so the same ids always give the same table."""
+    """The table_size most frequent n-grams of `ids`, n = 2..max_n competing in one ranking, ties to the
+    smaller key: (table_size, max_n) int64, one n-gram per row, oldest token first, then -1 padding."""
     ids = np.asarray(ids, dtype=np.int64)
-    powers = (vocab_size + 1) ** np.arange(max_n, dtype=np.int64)
+    powers = (vocab_size + 1) ** np.arange(max_n, dtype=np.int64)  # fgram_keys's keys, in numpy
     keys, counts = [], []
     for n in range(2, max_n + 1):
         windows = np.lib.stride_tricks.sliding_window_view(ids, n)  # (L - n + 1, n), a view of ids
@@ -440,21 +433,9 @@ def mine_fgrams(ids, vocab_size, max_n, table_size):
     return table
 
 
-def fgram_keys(tokens, vocab_size):
-    """One int64 key per n-gram, tokens (..., n) oldest first: sum_j (token_j + 1) * (vocab_size + 1)^j.
-    -1 ("no token") is the digit 0 and every real token a digit >= 1, so no two n-grams of any
-    lengths share a key, and an unused table row (all -1) has the key 0, which no n-gram has."""
-    powers = (vocab_size + 1) ** torch.arange(tokens.size(-1), device=tokens.device)
-    return ((tokens + 1) * powers).sum(-1)
-
-
 def lookup_fgrams(idx, table, vocab_size):
-    """The row of `table` holding the n-gram that ends at each position, for n = 2..max_n.
-
-    idx (B, T) token ids -> (B, T, max_n - 1) row numbers, -1 where that n-gram is not in the
-    table or would begin before idx does. Position t reads only tokens t-n+1..t (causal); all
-    positions are looked up at once by a binary search of their keys among the table's sorted
-    keys (torch.searchsorted) and an equality check."""
+    """idx (B, T) -> (B, T, max_n - 1): the table row of the n-gram of tokens t-n+1..t for each n, -1 where
+    it is not in the table or begins before idx. A binary search among the table's sorted keys."""
     sorted_keys, order = fgram_keys(table, vocab_size).sort()  # (F,)
     rows = []
     for n in range(2, table.size(1) + 1):  # a loop over the lengths only, never over batch or time
@@ -466,9 +447,7 @@ def lookup_fgrams(idx, table, vocab_size):
 
 
 class FgramGate(nn.Module):
-    """Merges the n-gram vectors into the token embeddings, one learned gate per length n:
-    e_t = x_t + sum_n g_{t,n} * f_{t,n},  g_{t,n} = sigmoid(W_n [x_t; f_{t,n}]) channel by channel,
-    where f_{t,n} is the vector of the n-gram ending at t, 0 where it is not in the table."""
+    """e_t = x_t + sum_n sigmoid(W_n [x_t; f_{t,n}]) * f_{t,n}: one C x 2C gate per length n, per channel."""
 
     def __init__(self, config):
         super().__init__()
@@ -479,25 +458,15 @@ class FgramGate(nn.Module):
         """x (B, T, C) token embeddings, vectors (F, C), rows (B, T, max_n - 1) -> (B, T, C)."""
         merged = x
         for n, gate in enumerate(self.gates):
-            found = rows[..., n:n + 1] >= 0  # (B, T, 1)
-            f = vectors[rows[..., n].clamp(min=0)] * found  # (B, T, C)
+            f = vectors[rows[..., n].clamp(min=0)] * (rows[..., n:n + 1] >= 0)  # (B, T, C), 0 if not found
             merged = merged + torch.sigmoid(gate(torch.cat([x, f], dim=-1))) * f
         return merged
 
 
-class FgramMoECache:
-    """What cached generation keeps between forward passes: a KVCache per layer, the last
-    fgram_max_n - 1 tokens (the n-grams ending at the next positions begin among them), and
-    the n-gram vectors, which stay the same while the weights do."""
-
-    def __init__(self, layers):
-        self.layers = layers
-        self.recent_tokens = None  # (B, <= fgram_max_n - 1)
-        self.fgram_vectors = None  # (F, C)
-
-    @property
-    def pos(self):
-        return self.layers[0].pos
+class FgramMoECache(list):
+    """One KVCache per layer, plus what the F-grams keep between forward passes."""
+    recent_tokens = None  # (B, <= fgram_max_n - 1): the n-grams ending at the next positions begin here
+    fgram_vectors = None  # (F, C), computed once: the weights do not change while generating
 
 
 class FgramMoE(nn.Module):
@@ -515,10 +484,8 @@ class FgramMoE(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings; no position table
         if n:
-            # the mined n-grams, one per row (see mine_fgrams): a buffer, so the checkpoint holds them
-            self.register_buffer("fgram_table", torch.full((config.fgram_vocab_size, n), -1))
-            # a dense block (a layer index below first_dense_layers gets the SwiGLU, not a MoE layer),
-            # without dropout of its own: its vectors are dropped out with the embeddings (self.drop)
+            self.register_buffer("fgram_table", torch.full((config.fgram_vocab_size, n), -1))  # in the checkpoint
+            # a dense block (layer -1 < first_dense_layers) without dropout: self.drop drops its vectors
             encoder = replace(config, mlp_hidden=config.fgram_hidden or config.mlp_hidden, dropout=0.0)
             self.fgram_encoder = Block(encoder, layer=-1)
             self.fgram_gate = FgramGate(config)
@@ -554,12 +521,9 @@ class FgramMoE(nn.Module):
         self.fgram_table.copy_(torch.from_numpy(table))
 
     def fgram_vectors(self):
-        """(F, C): the encoder block run on every mined n-gram as a sequence of its characters, all
-        F at once. An n-gram's vector is the block's output at its last character, which attends to
-        all of its characters and, the attention being causal, never to the -1 padding after them.
-        This is fgram_encoder(x)[last] with the position-wise feed-forward run at `last` only."""
-        table = self.fgram_table
-        block = self.fgram_encoder
+        """(F, C): fgram_encoder run on every n-gram of the table as a sequence of its characters, taken at
+        its last one (causal: it sees the whole n-gram, not the padding); the feed-forward runs there only."""
+        table, block = self.fgram_table, self.fgram_encoder
         x = self.wte(table.clamp(min=0))  # (F, max_n, C)
         x = x + block.attn(block.norm_1(x))
         last = ((table >= 0).sum(dim=1) - 1).clamp(min=0)  # (F,); unused rows: a vector nobody looks up
@@ -567,17 +531,17 @@ class FgramMoE(nn.Module):
         return x + block.mlp(block.norm_2(x))
 
     def embed(self, idx, cache=None):
-        """Token embeddings (B, T, C) with the F-gram vectors merged in. With a cache, the n-grams
-        at the first new positions begin among the previous tokens, which the cache keeps."""
-        x = self.wte(idx)
-        if not self.config.fgram_max_n:
+        """Token embeddings (B, T, C) with the F-gram vectors merged in."""
+        x, c = self.wte(idx), self.config
+        if not c.fgram_max_n:
             return x
         if cache is None:
-            return self.fgram_gate(x, self.fgram_vectors(), lookup_fgrams(idx, self.fgram_table, self.config.vocab_size))
+            return self.fgram_gate(x, self.fgram_vectors(), lookup_fgrams(idx, self.fgram_table, c.vocab_size))
+        # the n-grams at the first new positions begin among the previous tokens
         context = idx if cache.recent_tokens is None else torch.cat([cache.recent_tokens, idx], dim=1)
-        rows = lookup_fgrams(context, self.fgram_table, self.config.vocab_size)[:, -idx.size(1):]
-        cache.recent_tokens = context[:, -(self.config.fgram_max_n - 1):]
-        if cache.fgram_vectors is None:  # once per cache: the weights do not change while generating
+        rows = lookup_fgrams(context, self.fgram_table, c.vocab_size)[:, -idx.size(1):]
+        cache.recent_tokens = context[:, -(c.fgram_max_n - 1):]
+        if cache.fgram_vectors is None:
             cache.fgram_vectors = self.fgram_vectors()
         return self.fgram_gate(x, cache.fgram_vectors, rows)
 
@@ -585,14 +549,14 @@ class FgramMoE(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy
         against targets (B, T) when given (positions marked -100 are ignored), plus in training
         the weighted balancing and z-losses of every MoE layer (eval losses are cross-entropy only).
-        With `cache` (from new_cache) idx continues the cached positions."""
+        With `cache` (a list of KVCache, one per layer) idx continues the cached positions."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
+        start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.drop(self.embed(idx, cache))  # (B, T, C); positions are rotated into q and k in each layer
         for i, block in enumerate(self.h):
-            x = block(x, cache.layers[i] if cache is not None else None)
+            x = block(x, cache[i] if cache is not None else None)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
@@ -621,7 +585,7 @@ class FgramMoE(nn.Module):
             moe.update_bias()
 
     def new_cache(self, batch_size):
-        """An empty cache: one KVCache per layer (n_kv_head heads each) as long as the context."""
+        """An empty KV cache (one KVCache per layer, n_kv_head heads each) as long as the context."""
         c = self.config
         w = self.wte.weight
         return FgramMoECache([KVCache(batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
@@ -640,7 +604,7 @@ class FgramMoE(nn.Module):
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits, _ = self(idx[:, -block_size:])
-            elif cache is None or cache.pos == block_size:
+            elif cache is None or cache[0].pos == block_size:
                 cache = self.new_cache(idx.size(0))
                 window = block_size - 1 if idx.size(1) >= block_size else block_size
                 logits, _ = self(idx[:, -window:], cache=cache)
@@ -672,8 +636,7 @@ class FgramMoE(nn.Module):
         """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
         6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention.
         N leaves out an untied embedding table (a lookup); a tied one counts once, as the head.
-        The F-gram encoder counts as if it ran once per token; it runs once per batch, on
-        fgram_vocab_size * fgram_max_n positions, so this is low when B*T is smaller than that."""
+        The F-gram encoder counts as if per token; it runs once per batch (docs/fgram_moe.md)."""
         c = self.config
         n_matmul = self.param_counts()["active"]
         if not c.tie_embeddings:
