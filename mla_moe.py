@@ -63,22 +63,22 @@ class MLAMoEConfig:
     tie_embeddings: bool = True  # the output head shares its weight with the token embedding
     norm_eps: float = 1e-5  # added to the mean square in RMSNorm
     dropout: float = 0.0  # on embeddings, attention weights and residual branches
-    # mixture of experts: moe_gpt.py's fields, with DeepSeek-V3's choices as defaults
-    n_routed_experts: int = 8  # experts the router chooses from, before fine-grained segmentation
-    top_k: int = 1  # routed experts per token, before segmentation
+    # mixture of experts: moe_gpt.py's fields (counts before fine-grained segmentation), V3's defaults
+    n_routed_experts: int = 8  # experts the router chooses from
+    top_k: int = 1  # routed experts per token
     n_shared_experts: int = 1  # experts every token goes through, with weight 1 (0 = none)
     granularity: int = 2  # m: each expert split into m of hidden/m; m*N routed, m*K chosen, m*K_s shared
-    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = the dense SwiGLU's / (K + K_s)
+    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = dense SwiGLU's // (K + K_s)
     first_dense_layers: int = 1  # leading blocks that keep the dense SwiGLU (V3: 3 of 61)
     gate: str = "sigmoid"  # "sigmoid" (DeepSeek-V3) or "softmax" (DeepSeekMoE) expert scores
     renormalize: bool = True  # divide the chosen experts' scores by their sum (only when m*K > 1)
     router_noise: float = 0.0  # training only: router input times U(1 - eps, 1 + eps) (Switch jitter)
     aux_loss_weight: float = 0.0  # Switch's batch-wise balancing loss; off: V3 balances with the bias
     z_loss_weight: float = 0.0  # ST-MoE router z-loss mean(logsumexp(logits)^2)
-    bias_update_rate: float = 1e-3  # V3 auxiliary-loss-free balancing: bias step per optimizer step (gamma)
-    capacity_factor: float = 0.0  # 0 = dropless; else capacity = ceil(factor * tokens * k / experts)
     seq_aux_loss_weight: float = 1e-4  # alpha of V3 eq. 17, the sequence-wise balance loss (0 = off)
     routed_scaling_factor: float = 2.5  # the chosen routed experts' weights are multiplied by this (V3)
+    bias_update_rate: float = 1e-3  # V3 auxiliary-loss-free balancing: bias step per optimizer step (gamma)
+    capacity_factor: float = 0.0  # 0 = dropless; else capacity = ceil(factor * tokens * k / experts)
     # training features
     mtp: bool = False  # multi-token prediction (V3 §2.2, depth 1): also predict the token after next
     mtp_weight: float = 0.3  # lambda of V3 eq. 25, the MTP loss's weight in the training loss
@@ -161,26 +161,27 @@ class SwiGLU(nn.Module):
 
 
 # ----------------------------------------------------------------------------- mixture of experts
-# Router, grouped_mm_dtype, Experts and MoE are one block (using SwiGLU and swiglu_hidden above)
-# that other model files copy whole. MoE(config)(x) returns the layer's output and keeps the
-# batch's auxiliary losses and statistics on the layer, for the model to add and to log.
+# Router, grouped_mm_dtype, Experts and MoE: moe_gpt.py's block, copied whole (DeepSeek-V3's
+# choices are this file's config defaults). MoE keeps the batch's auxiliary losses and statistics
+# on the layer, for the model to add and to log.
 
 class Router(nn.Module):
     """Scores each token against every routed expert in float32 and chooses top_k of them.
 
-    Scores s: softmax over all experts (DeepSeekMoE eq. 5), taken before choosing, so a chosen
-    weight stays below 1 and the router learns from the LM loss even with top-1; or sigmoid per
-    expert (DeepSeek-V3 eq. 15). Experts are chosen by s + bias (DeepSeek-V3 eq. 16: a balancing
-    buffer, not trained) and weighted by s, renormalised to sum 1 when `renormalize` and
-    top_k > 1 (for top-1 that weight would be a constant 1 and the router would learn nothing).
+    Scores s: softmax over all experts (DeepSeekMoE eq. 5), taken before choosing, so the router
+    learns from the LM loss even with top-1; or sigmoid per expert (DeepSeek-V3 eq. 15). Experts
+    are chosen by s + bias (V3 eq. 16: a balancing buffer, not trained) and weighted by s,
+    renormalised to sum 1 when `renormalize` and top_k > 1 (for top-1 that weight would be a
+    constant 1), times routed_scaling_factor (V3; 1 = off).
     """
 
-    def __init__(self, n_embd, n_experts, top_k, gate, renormalize, noise):
+    def __init__(self, config, n_experts, top_k):
         super().__init__()
-        if gate not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown gate {gate!r}: use softmax or sigmoid")
-        self.top_k, self.gate, self.renormalize, self.noise = top_k, gate, renormalize, noise
-        self.weight = nn.Parameter(torch.randn(n_experts, n_embd) * 0.02)
+        if config.gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown gate {config.gate!r}: use softmax or sigmoid")
+        self.top_k, self.gate, self.renormalize = top_k, config.gate, config.renormalize
+        self.noise, self.scaling = config.router_noise, config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.randn(n_experts, config.n_embd) * 0.02)
         self.register_buffer("bias", torch.zeros(n_experts))  # in the state_dict: a resumed run keeps it
 
     def forward(self, x):
@@ -195,7 +196,7 @@ class Router(nn.Module):
         weights = scores.gather(1, experts)
         if self.renormalize and self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return experts, weights, logits, scores
+        return experts, self.scaling * weights, logits, scores
 
 
 def grouped_mm_dtype(x, *weights):
@@ -217,8 +218,7 @@ def grouped_mm_dtype(x, *weights):
 
 
 class Experts(nn.Module):
-    """n_experts SwiGLU experts down(silu(gate x) * up x), weights stacked as gate and up
-    (E, hidden, C) and down (E, C, hidden), run on the rows of each expert in turn."""
+    """n_experts SwiGLU experts, weights stacked as gate and up (E, hidden, C) and down (E, C, hidden)."""
 
     def __init__(self, n_experts, n_embd, hidden, n_layer):
         super().__init__()
@@ -246,12 +246,9 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """DeepSeekMoE feed-forward (arXiv 2401.06066 eqs. 9-11): shared experts plus the top-k routed.
 
-    Granularity m (§3.1) splits an expert of `hidden` units into m of hidden/m, with m*N routed
-    experts, m*K chosen and m*K_s shared: expert parameters, total and active, stay the same
-    (only the router grows). Shared experts see every token with weight 1, so they run as one
-    SwiGLU of K_s * hidden units: the same sum in one matmul. forward keeps aux_loss and z_loss
-    (unweighted, with gradients) and `stats` on the layer, and counts the training assignments
-    per expert for update_bias().
+    Granularity m (§3.1): m*N routed experts of hidden/m, m*K chosen, m*K_s shared, so expert
+    parameters, total and active, stay the same. The shared experts (weight 1) run as one SwiGLU
+    of K_s * hidden units: the same sum in one matmul.
     """
 
     def __init__(self, config):
@@ -265,7 +262,8 @@ class MoE(nn.Module):
             raise ValueError(f"top_k {config.top_k} must be between 1 and n_routed_experts {config.n_routed_experts}")
         self.n_experts, self.top_k = m * config.n_routed_experts, m * config.top_k
         self.capacity_factor, self.bias_update_rate = config.capacity_factor, config.bias_update_rate
-        self.router = Router(c, self.n_experts, self.top_k, config.gate, config.renormalize, config.router_noise)
+        self.seq_aux_loss_on = config.seq_aux_loss_weight > 0
+        self.router = Router(config, self.n_experts, self.top_k)
         self.experts = Experts(self.n_experts, c, hidden // m, config.n_layer)
         self.shared = SwiGLU(c, config.n_shared_experts * hidden) if config.n_shared_experts else None
         self.dropout = nn.Dropout(config.dropout)
@@ -291,19 +289,29 @@ class MoE(nn.Module):
         out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
         if self.shared is not None:
             out = out + self.shared(x)
-        self.record(counts, order.numel(), logits, scores)
+        self.record(experts.view(B, T * k), counts, order.numel(), logits, scores)
         return self.dropout(out).view(B, T, C).type_as(x)
 
-    def record(self, counts, n_kept, logits, scores):
-        """Switch's balancing loss (arXiv 2101.03961 eq. 4; top-k: DeepSeekMoE eq. 12), E * sum_i
-        f_i P_i with f_i the share of assignments to expert i and P_i its mean score (sigmoid scores
-        normalised per token), 1 for uniform routing; ST-MoE's z-loss (arXiv 2202.08906 eq. 5)."""
+    def record(self, experts, counts, n_kept, logits, scores):
+        """The balancing losses (unweighted, with gradients) and stats of this batch, experts (B, T*k).
+        Switch's loss (arXiv 2101.03961 eq. 4; top-k: DeepSeekMoE eq. 12) is E * sum_i f_i P_i, f_i the
+        share of assignments to expert i and P_i its mean score (sigmoid scores normalised per token):
+        1 for uniform routing. DeepSeek-V3's sequence-wise loss (eqs. 17-20) is the same within each
+        sequence, averaged over sequences. ST-MoE's z-loss: arXiv 2202.08906 eq. 5."""
+        E = self.n_experts
         load = counts.float() / counts.sum()
         probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
-        self.aux_loss = self.n_experts * (load * probs.mean(dim=0)).sum()
+        self.aux_loss = E * (load * probs.mean(dim=0)).sum()
         self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
-        self.stats = {"load": load, "dropped": 1.0 - n_kept / (logits.size(0) * self.top_k),
+        self.stats = {"load": load, "dropped": 1.0 - n_kept / experts.numel(),
                       "aux_loss": self.aux_loss.detach(), "z_loss": self.z_loss.detach()}
+        if self.seq_aux_loss_on:
+            B, Tk = experts.shape
+            ones = torch.ones_like(experts, dtype=torch.float)
+            seq_load = torch.zeros(B, E, device=experts.device).scatter_add_(1, experts, ones) / Tk  # (B, E): eq. 18 / E
+            seq_probs = probs.view(B, -1, E).mean(dim=1)  # (B, E): P_i, eqs. 19-20
+            self.seq_aux_loss = E * (seq_load * seq_probs).sum(dim=-1).mean()
+            self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
         if self.training and self.bias_update_rate > 0:
             self.counts = counts.float() if self.counts is None else self.counts + counts
 
@@ -320,72 +328,22 @@ class MoE(nn.Module):
         self.counts = None
 
 
-# ----------------------------------------------------------------------------- DeepSeek-V3 additions
-# Two pieces moe_gpt.py's layer lacks, added as subclasses so that the copy above stays identical.
-
-class ScaledRouter(Router):
-    """The Router, with the chosen experts' weights multiplied by routed_scaling_factor (2.5 in
-    DeepSeek-V3's config: weights normalised to sum 1 would give the routed experts together the
-    weight of one shared expert) and its last choice of experts kept for the sequence-wise loss."""
-
-    def __init__(self, scaling, *router_args):
-        super().__init__(*router_args)
-        self.scaling = scaling
-        self.last_experts = None
-
-    def forward(self, x):
-        experts, weights, logits, scores = super().forward(x)
-        self.last_experts = experts  # (N, k)
-        return experts, self.scaling * weights, logits, scores
-
-
-class DeepSeekV3MoE(MoE):
-    """The MoE layer with route scaling and V3's complementary sequence-wise balance loss
-    (arXiv 2412.19437 eqs. 17-20). For each sequence of T tokens, with E experts and k chosen:
-        f_i = E / (k T) * sum_t 1[expert i is among token t's k choices]     (18)
-        P_i = 1/T sum_t s'_i,t  with s'_i,t = s_i,t / sum_j s_j,t           (19, 20)
-        L_Bal = sum_i f_i P_i, 1 when the sequence spreads evenly           (17)
-    averaged over the batch's sequences, kept as seq_aux_loss; the model adds alpha * L_Bal.
-    (Eq. 18 writes the top-k of s; the choices here are the router's, made with the bias.)"""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.router = ScaledRouter(config.routed_scaling_factor, config.n_embd, self.n_experts, self.top_k,
-                                   config.gate, config.renormalize, config.router_noise)
-        self.seq_aux_loss = self.seq_len = None
-
-    def forward(self, x):
-        self.seq_len = x.size(1)  # record() regroups the routed tokens (B*T of them) into sequences
-        return super().forward(x)
-
-    def record(self, counts, n_kept, logits, scores):
-        super().record(counts, n_kept, logits, scores)
-        E = self.n_experts
-        chosen = torch.zeros_like(scores).scatter_(1, self.router.last_experts, 1.0).view(-1, self.seq_len, E)
-        f = chosen.sum(dim=1) * E / (self.top_k * self.seq_len)  # (B, E), eq. 18
-        p = (scores / scores.sum(dim=-1, keepdim=True)).view(-1, self.seq_len, E).mean(dim=1)  # eqs. 19, 20
-        self.seq_aux_loss = (f * p).sum(dim=-1).mean()  # eq. 17
-        self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
-
-
 # ----------------------------------------------------------------------------- Multi-head Latent Attention
 
 class LatentKVCache:
-    """One layer's cache: the normalized latent c_kv (B, max_len, r) and the shared, already rotated
-    RoPE key k_rope (B, max_len, dr), r + dr values per token whatever the number of heads."""
+    """One layer's cache: [c_KV; k_R] per token (k_R already rotated) in `latent` (B, max_len, r + dr),
+    whatever the number of heads. It is also the key every head reads in the absorbed form."""
 
-    def __init__(self, batch_size, max_len, kv_lora_rank, rope_dim, device, dtype):
-        self.c_kv = torch.zeros(batch_size, max_len, kv_lora_rank, device=device, dtype=dtype)
-        self.k_rope = torch.zeros(batch_size, max_len, rope_dim, device=device, dtype=dtype)
+    def __init__(self, batch_size, max_len, width, device, dtype):
+        self.latent = torch.zeros(batch_size, max_len, width, device=device, dtype=dtype)
         self.pos = 0
 
-    def append(self, c_kv, k_rope):
-        """Store c_kv (B, t, r) and k_rope (B, t, dr) after the cached positions; return all so far."""
-        t = c_kv.size(1)
-        self.c_kv[:, self.pos:self.pos + t] = c_kv
-        self.k_rope[:, self.pos:self.pos + t] = k_rope
+    def append(self, latent):
+        """Store latent (B, t, r + dr) after the cached positions; return all positions so far."""
+        t = latent.size(1)
+        self.latent[:, self.pos:self.pos + t] = latent
         self.pos += t
-        return self.c_kv[:, :self.pos], self.k_rope[:, :self.pos]
+        return self.latent[:, :self.pos]
 
 
 def causal_attention(q, k, v, dropout_p, scale):
@@ -412,8 +370,8 @@ class MultiHeadLatentAttention(nn.Module):
         c = config
         if min(c.n_head, c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim) < 1 or c.q_lora_rank < 0:
             raise ValueError("n_head, kv_lora_rank and the head sizes must be positive, q_lora_rank >= 0 (0 = off)")
-        self.n_head, self.nope_dim = c.n_head, c.qk_nope_head_dim
-        self.rope_dim, self.v_dim = c.qk_rope_head_dim, c.v_head_dim
+        self.n_head, self.nope_dim, self.rope_dim = c.n_head, c.qk_nope_head_dim, c.qk_rope_head_dim
+        self.v_dim, self.rank = c.v_head_dim, c.kv_lora_rank
         self.scale = 1.0 / math.sqrt(c.qk_nope_head_dim + c.qk_rope_head_dim)  # the full query-key head size
         q_in = c.q_lora_rank or c.n_embd
         if c.q_lora_rank:
@@ -445,8 +403,8 @@ class MultiHeadLatentAttention(nn.Module):
         if cache is None:
             y = self.expanded_attention(q_nope, q_rope, c_kv, k_rope, dropout)
         else:
-            c_kv, k_rope = cache.append(c_kv, k_rope)  # (B, cached + T, r), (B, cached + T, dr)
-            y = self.absorbed_attention(q_nope, q_rope, c_kv, k_rope, dropout)
+            latent = cache.append(torch.cat([c_kv, k_rope], dim=-1))  # (B, cached + T, r + dr)
+            y = self.absorbed_attention(q_nope, q_rope, latent, dropout)
         y = y.transpose(1, 2).reshape(B, T, nh * self.v_dim)  # heads side by side: (B, T, nh * dv)
         return self.resid_dropout(self.c_proj(y))  # (19)
 
@@ -460,17 +418,17 @@ class MultiHeadLatentAttention(nn.Module):
         k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, nh, S, self.rope_dim)], dim=-1)  # (17)
         return causal_attention(q, k, v, dropout, self.scale)  # (18): (B, nh, T, dv)
 
-    def absorbed_attention(self, q_nope, q_rope, c_kv, k_rope, dropout):
+    def absorbed_attention(self, q_nope, q_rope, latent, dropout):
         """Generation, on the cached latent itself: q_C^T (W^UK c_KV) = (W^UK^T q_C)^T c_KV and
         sum_s p_s W^UV c_KV,s = W^UV sum_s p_s c_KV,s, so W^UK goes into the query and W^UV after
         attention; every head reads the same keys [c_KV; k_R] and values c_KV (MQA in latent space)."""
-        B, S, r = c_kv.shape
-        nh = self.n_head
+        B, S, _ = latent.shape
+        nh, r = self.n_head, self.rank
         w_uk = self.k_up.weight.view(nh, self.nope_dim, r)  # (nh, dn, r)
         w_uv = self.v_up.weight.view(nh, self.v_dim, r)  # (nh, dv, r)
         q = torch.cat([q_nope @ w_uk, q_rope], dim=-1)  # (B, nh, T, dn) @ (nh, dn, r) -> (B, nh, T, r + dr)
-        k = torch.cat([c_kv, k_rope], dim=-1).unsqueeze(1).expand(B, nh, S, r + self.rope_dim)
-        v = c_kv.unsqueeze(1).expand(B, nh, S, r)
+        k = latent.unsqueeze(1).expand(B, nh, S, r + self.rope_dim)  # one key for all heads, not copied
+        v = latent[..., :r].unsqueeze(1).expand(B, nh, S, r)  # c_KV
         o_latent = causal_attention(q, k, v, dropout, self.scale)  # (B, nh, T, r)
         return o_latent @ w_uv.transpose(1, 2)  # (B, nh, T, r) @ (nh, r, dv) -> (B, nh, T, dv)
 
@@ -486,7 +444,7 @@ class Block(nn.Module):
         self.attn = MultiHeadLatentAttention(config)
         self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
         hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
-        self.mlp = DeepSeekV3MoE(config) if moe else SwiGLU(config.n_embd, hidden, config.dropout)
+        self.mlp = MoE(config) if moe else SwiGLU(config.n_embd, hidden, config.dropout)
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
@@ -567,7 +525,8 @@ class MLAMoE(nn.Module):
                 c = self.config
                 for moe in self.moe_layers():
                     loss = loss + c.aux_loss_weight * moe.aux_loss + c.z_loss_weight * moe.z_loss
-                    loss = loss + c.seq_aux_loss_weight * moe.seq_aux_loss  # V3 eq. 17
+                    if c.seq_aux_loss_weight > 0:
+                        loss = loss + c.seq_aux_loss_weight * moe.seq_aux_loss  # V3 eq. 17
                 if self.mtp is not None and T > 1:
                     mtp_loss = self.multi_token_loss(x, targets)
                     self.mtp_loss = mtp_loss.detach()
@@ -592,7 +551,7 @@ class MLAMoE(nn.Module):
         layers = [moe.stats for moe in self.moe_layers() if moe.stats]
         if not layers:
             return stats
-        for name in ("aux_loss", "z_loss", "seq_aux_loss", "dropped"):
+        for name in layers[0].keys() - {"load"}:
             stats[name] = sum(float(s[name]) for s in layers) / len(layers)
         return {**stats, "expert_load": [s["load"].tolist() for s in layers]}
 
@@ -605,8 +564,8 @@ class MLAMoE(nn.Module):
         """An empty latent cache (one LatentKVCache per layer) as long as the context."""
         c = self.config
         w = self.wte.weight
-        return [LatentKVCache(batch_size, c.block_size, c.kv_lora_rank, c.qk_rope_head_dim, w.device, w.dtype)
-                for _ in range(c.n_layer)]
+        width = c.kv_lora_rank + c.qk_rope_head_dim
+        return [LatentKVCache(batch_size, c.block_size, width, w.device, w.dtype) for _ in range(c.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):

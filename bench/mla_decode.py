@@ -3,7 +3,7 @@ bench/mla_decode.py - decode speed of mla_moe.py with the latent KV cache agains
 the whole context for every new token (no cache), on the same model and prompt.
 
     python bench/mla_decode.py                       # cpu preset, context 256, 200 new tokens
-    python bench/mla_decode.py --preset default --device cuda
+    python bench/mla_decode.py --preset gpt2 --device cuda
 
 Greedy decoding of --new_tokens tokens after a --prompt_len-token prompt, from random weights
 (speed does not depend on what the weights learned). The two ways run alternately (A, B, A, B,
