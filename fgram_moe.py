@@ -72,6 +72,8 @@ class FgramMoEConfig:
     router_noise: float = 0.0  # training only: router input times U(1 - eps, 1 + eps) (Switch jitter)
     aux_loss_weight: float = 0.01  # Switch load-balancing loss N * sum_i f_i P_i, summed over layers
     z_loss_weight: float = 0.001  # ST-MoE router z-loss mean(logsumexp(logits)^2), summed over layers
+    seq_aux_loss_weight: float = 0.0  # DeepSeek-V3 sequence-wise balancing loss (eq. 17), summed over layers
+    routed_scaling_factor: float = 1.0  # DeepSeek-V3: the chosen routed experts' weights are multiplied by this
     bias_update_rate: float = 0.0  # DeepSeek-V3 auxiliary-loss-free balancing: bias step per optimizer step
     capacity_factor: float = 0.0  # 0 = dropless; else capacity = ceil(factor * tokens * k / experts)
     # F-grams
@@ -150,7 +152,7 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout_p, new_positions):
+def causal_attention(q, k, v, dropout_p):
     """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
 
     q is (B, nh, t, hd) for the last t positions; k, v (B, n_kv, S, hd) hold all S positions,
@@ -179,7 +181,7 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.c_proj.residual_branch_end = True  # see ModernGPT._init_weights
+        self.c_proj.residual_branch_end = True  # see _init_weights
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
         self.rotary = RotaryEmbedding(self.head_dim, config.block_size, config.rope_theta)
@@ -199,7 +201,7 @@ class CausalSelfAttention(nn.Module):
         k = self.rotary(self.k_norm(k), start)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd): keys are stored already rotated
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, T)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -227,26 +229,27 @@ class SwiGLU(nn.Module):
 
 
 # ----------------------------------------------------------------------------- mixture of experts
-# Router, grouped_mm_dtype, Experts and MoE are one block (using SwiGLU and swiglu_hidden above)
-# that other model files copy whole. MoE(config)(x) returns the layer's output and keeps the
-# batch's auxiliary losses and statistics on the layer, for the model to add and to log.
+# Router, grouped_mm_dtype, Experts, MoE and Block are one block (using SwiGLU and swiglu_hidden
+# above) that other model files copy whole. MoE keeps the batch's auxiliary losses and statistics
+# on the layer, for the model to add and to log.
 
 class Router(nn.Module):
     """Scores each token against every routed expert in float32 and chooses top_k of them.
 
-    Scores s: softmax over all experts (DeepSeekMoE eq. 5), taken before choosing, so a chosen
-    weight stays below 1 and the router learns from the LM loss even with top-1; or sigmoid per
-    expert (DeepSeek-V3 eq. 15). Experts are chosen by s + bias (DeepSeek-V3 eq. 16: a balancing
-    buffer, not trained) and weighted by s, renormalised to sum 1 when `renormalize` and
-    top_k > 1 (for top-1 that weight would be a constant 1 and the router would learn nothing).
+    Scores s: softmax over all experts (DeepSeekMoE eq. 5), taken before choosing, so the router
+    learns from the LM loss even with top-1; or sigmoid per expert (DeepSeek-V3 eq. 15). Experts
+    are chosen by s + bias (V3 eq. 16: a balancing buffer, not trained) and weighted by s,
+    renormalised to sum 1 when `renormalize` and top_k > 1 (for top-1 that weight would be a
+    constant 1), times routed_scaling_factor (V3; 1 = off).
     """
 
-    def __init__(self, n_embd, n_experts, top_k, gate, renormalize, noise):
+    def __init__(self, config, n_experts, top_k):
         super().__init__()
-        if gate not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown gate {gate!r}: use softmax or sigmoid")
-        self.top_k, self.gate, self.renormalize, self.noise = top_k, gate, renormalize, noise
-        self.weight = nn.Parameter(torch.randn(n_experts, n_embd) * 0.02)
+        if config.gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown gate {config.gate!r}: use softmax or sigmoid")
+        self.top_k, self.gate, self.renormalize = top_k, config.gate, config.renormalize
+        self.noise, self.scaling = config.router_noise, config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.randn(n_experts, config.n_embd) * 0.02)
         self.register_buffer("bias", torch.zeros(n_experts))  # in the state_dict: a resumed run keeps it
 
     def forward(self, x):
@@ -261,7 +264,7 @@ class Router(nn.Module):
         weights = scores.gather(1, experts)
         if self.renormalize and self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return experts, weights, logits, scores
+        return experts, self.scaling * weights, logits, scores
 
 
 def grouped_mm_dtype(x, *weights):
@@ -283,8 +286,7 @@ def grouped_mm_dtype(x, *weights):
 
 
 class Experts(nn.Module):
-    """n_experts SwiGLU experts down(silu(gate x) * up x), weights stacked as gate and up
-    (E, hidden, C) and down (E, C, hidden), run on the rows of each expert in turn."""
+    """n_experts SwiGLU experts, weights stacked as gate and up (E, hidden, C) and down (E, C, hidden)."""
 
     def __init__(self, n_experts, n_embd, hidden, n_layer):
         super().__init__()
@@ -312,12 +314,9 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """DeepSeekMoE feed-forward (arXiv 2401.06066 eqs. 9-11): shared experts plus the top-k routed.
 
-    Granularity m (§3.1) splits an expert of `hidden` units into m of hidden/m, with m*N routed
-    experts, m*K chosen and m*K_s shared: expert parameters, total and active, stay the same
-    (only the router grows). Shared experts see every token with weight 1, so they run as one
-    SwiGLU of K_s * hidden units: the same sum in one matmul. forward keeps aux_loss and z_loss
-    (unweighted, with gradients) and `stats` on the layer, and counts the training assignments
-    per expert for update_bias().
+    Granularity m (§3.1): m*N routed experts of hidden/m, m*K chosen, m*K_s shared, so expert
+    parameters, total and active, stay the same. The shared experts (weight 1) run as one SwiGLU
+    of K_s * hidden units: the same sum in one matmul.
     """
 
     def __init__(self, config):
@@ -331,7 +330,8 @@ class MoE(nn.Module):
             raise ValueError(f"top_k {config.top_k} must be between 1 and n_routed_experts {config.n_routed_experts}")
         self.n_experts, self.top_k = m * config.n_routed_experts, m * config.top_k
         self.capacity_factor, self.bias_update_rate = config.capacity_factor, config.bias_update_rate
-        self.router = Router(c, self.n_experts, self.top_k, config.gate, config.renormalize, config.router_noise)
+        self.seq_aux_loss_on = config.seq_aux_loss_weight > 0
+        self.router = Router(config, self.n_experts, self.top_k)
         self.experts = Experts(self.n_experts, c, hidden // m, config.n_layer)
         self.shared = SwiGLU(c, config.n_shared_experts * hidden) if config.n_shared_experts else None
         self.dropout = nn.Dropout(config.dropout)
@@ -357,19 +357,29 @@ class MoE(nn.Module):
         out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
         if self.shared is not None:
             out = out + self.shared(x)
-        self.record(counts, order.numel(), logits, scores)
+        self.record(experts.view(B, T * k), counts, order.numel(), logits, scores)
         return self.dropout(out).view(B, T, C).type_as(x)
 
-    def record(self, counts, n_kept, logits, scores):
-        """Switch's balancing loss (arXiv 2101.03961 eq. 4; top-k: DeepSeekMoE eq. 12), E * sum_i
-        f_i P_i with f_i the share of assignments to expert i and P_i its mean score (sigmoid scores
-        normalised per token), 1 for uniform routing; ST-MoE's z-loss (arXiv 2202.08906 eq. 5)."""
+    def record(self, experts, counts, n_kept, logits, scores):
+        """The balancing losses (unweighted, with gradients) and stats of this batch, experts (B, T*k).
+        Switch's loss (arXiv 2101.03961 eq. 4; top-k: DeepSeekMoE eq. 12) is E * sum_i f_i P_i, f_i the
+        share of assignments to expert i and P_i its mean score (sigmoid scores normalised per token):
+        1 for uniform routing. DeepSeek-V3's sequence-wise loss (eqs. 17-20) is the same within each
+        sequence, averaged over sequences. ST-MoE's z-loss: arXiv 2202.08906 eq. 5."""
+        E = self.n_experts
         load = counts.float() / counts.sum()
         probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
-        self.aux_loss = self.n_experts * (load * probs.mean(dim=0)).sum()
+        self.aux_loss = E * (load * probs.mean(dim=0)).sum()
         self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
-        self.stats = {"load": load, "dropped": 1.0 - n_kept / (logits.size(0) * self.top_k),
+        self.stats = {"load": load, "dropped": 1.0 - n_kept / experts.numel(),
                       "aux_loss": self.aux_loss.detach(), "z_loss": self.z_loss.detach()}
+        if self.seq_aux_loss_on:
+            B, Tk = experts.shape
+            ones = torch.ones_like(experts, dtype=torch.float)
+            seq_load = torch.zeros(B, E, device=experts.device).scatter_add_(1, experts, ones) / Tk  # (B, E): eq. 18 / E
+            seq_probs = probs.view(B, -1, E).mean(dim=1)  # (B, E): P_i, eqs. 19-20
+            self.seq_aux_loss = E * (seq_load * seq_probs).sum(dim=-1).mean()
+            self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
         if self.training and self.bias_update_rate > 0:
             self.counts = counts.float() if self.counts is None else self.counts + counts
 
@@ -565,18 +575,20 @@ class FgramMoE(nn.Module):
                 c = self.config
                 for moe in self.moe_layers():
                     loss = loss + c.aux_loss_weight * moe.aux_loss + c.z_loss_weight * moe.z_loss
+                    if c.seq_aux_loss_weight > 0:
+                        loss = loss + c.seq_aux_loss_weight * moe.seq_aux_loss
         return logits, loss
 
     def moe_layers(self):
         return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
 
     def moe_stats(self):
-        """The last batch's routing, for train.py's log: balancing and z-loss and dropped share
-        (means over MoE layers), and expert_load, MoE layers x experts, share of assignments."""
+        """The last batch's routing, for train.py's log: the balancing losses and dropped share (means
+        over MoE layers), and expert_load, MoE layers x experts, share of assignments."""
         layers = [moe.stats for moe in self.moe_layers() if moe.stats]
         if not layers:
             return {}
-        stats = {name: sum(float(s[name]) for s in layers) / len(layers) for name in ("aux_loss", "z_loss", "dropped")}
+        stats = {name: sum(float(s[name]) for s in layers) / len(layers) for name in layers[0] if name != "load"}
         return {**stats, "expert_load": [s["load"].tolist() for s in layers]}
 
     def update_balance_bias(self):

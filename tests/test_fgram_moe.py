@@ -220,7 +220,8 @@ def test_shared_blocks_are_copies():
         assert inspect.getsource(getattr(fm, name)) == inspect.getsource(getattr(mg, name)), name
     for name in ["Router", "grouped_mm_dtype", "Experts", "MoE", "Block"]:
         assert inspect.getsource(getattr(fm, name)) == inspect.getsource(getattr(moe_gpt, name)), name
-    for name in ["_init_weights", "moe_layers", "moe_stats", "update_balance_bias", "generate", "param_counts"]:
+    for name in ["_init_weights", "moe_layers", "moe_stats", "update_balance_bias", "generate", "configure_optimizers",
+                 "param_counts"]:
         ours, theirs = (inspect.getsource(getattr(cls, name)) for cls in (fm.FgramMoE, moe_gpt.MoEGPT))
         assert ours == theirs, name
 
