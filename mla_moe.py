@@ -1,15 +1,14 @@
 """
-mla_moe.py - a DeepSeek-V2/V3-style GPT in one file: Multi-head Latent Attention with a compressed
-KV cache, DeepSeekMoE feed-forward layers, optional multi-token prediction.
+mla_moe.py - a DeepSeek-V2/V3-style GPT in one file: Multi-head Latent Attention (MLA) with a
+compressed KV cache, DeepSeekMoE feed-forward layers, optional multi-token prediction (MTP).
 
-- MLA (DeepSeek-V2, arXiv 2405.04434, §2.1): keys and values are up-projected from one small latent
-  per token, plus one decoupled RoPE key shared by all heads. Training expands them per head;
-  generation caches only the latent and the RoPE key and attends in the absorbed form.
-- DeepSeekMoE (arXiv 2401.06066) with DeepSeek-V3's choices (arXiv 2412.19437): sigmoid gates,
-  auxiliary-loss-free bias balancing, a small sequence-wise balance loss, route scaling, the first
-  layer dense. Multi-token prediction (V3 §2.2, depth 1) behind `mtp`, gradient checkpointing
-  behind `grad_checkpointing`. RMSNorm, RoPE (arXiv 2104.09864) and SwiGLU (arXiv 2002.05202) are
-  copied from modern_gpt.py, the MoE layer from moe_gpt.py. docs/mla_moe.md explains the equations.
+MLA (DeepSeek-V2, arXiv 2405.04434, §2.1) up-projects every head's keys and values from one small
+latent per token, plus one decoupled RoPE key shared by all heads; generation caches only those and
+attends in the absorbed form. The MoE layer (DeepSeekMoE, arXiv 2401.06066) runs with DeepSeek-V3's
+choices (arXiv 2412.19437): sigmoid gates, bias balancing, a small sequence-wise balance loss, route
+scaling, the first layer dense. MTP (V3 §2.2, depth 1) and gradient checkpointing are config flags.
+The MoE layer is copied from moe_gpt.py; RMSNorm, RoPE (arXiv 2104.09864) and SwiGLU (arXiv
+2002.05202) from modern_gpt.py. docs/mla_moe.md walks through the equations.
 
 Not implemented, on purpose: attention through a handful of learned latent vectors that read the
 WHOLE sequence, which every position then reads (one public "MoE with latent attention" project).
@@ -551,9 +550,8 @@ class MLAMoE(nn.Module):
         layers = [moe.stats for moe in self.moe_layers() if moe.stats]
         if not layers:
             return stats
-        for name in layers[0].keys() - {"load"}:
-            stats[name] = sum(float(s[name]) for s in layers) / len(layers)
-        return {**stats, "expert_load": [s["load"].tolist() for s in layers]}
+        means = {name: sum(float(s[name]) for s in layers) / len(layers) for name in layers[0] if name != "load"}
+        return {**stats, **means, "expert_load": [s["load"].tolist() for s in layers]}
 
     def update_balance_bias(self):
         """After each optimizer step: nudge every MoE router's bias toward uniform load."""
@@ -561,9 +559,8 @@ class MLAMoE(nn.Module):
             moe.update_bias()
 
     def new_cache(self, batch_size):
-        """An empty latent cache (one LatentKVCache per layer) as long as the context."""
-        c = self.config
-        w = self.wte.weight
+        """One empty LatentKVCache per layer, as long as the context."""
+        c, w = self.config, self.wte.weight
         width = c.kv_lora_rank + c.qk_rope_head_dim
         return [LatentKVCache(batch_size, c.block_size, width, w.device, w.dtype) for _ in range(c.n_layer)]
 
@@ -593,10 +590,8 @@ class MLAMoE(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices and embeddings only (not on norm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")  # fused AdamW kernels exist for these devices
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
@@ -766,9 +761,9 @@ def cache_size_table(config):
     """KV-cache values and bytes per token per layer: MLA against MHA, GQA and MQA of the same width."""
     head_dim = config.n_embd // config.n_head
     n_kv_head = max(2, config.n_head // 4)  # e.g. 8 KV heads for 32 query heads, as Llama 3 8B
+    r, dr = config.kv_lora_rank, config.qk_rope_head_dim
     rows = [("MHA", 2 * config.n_head * head_dim), (f"GQA, {n_kv_head} KV heads", 2 * n_kv_head * head_dim),
-            ("MQA, 1 KV head", 2 * head_dim),
-            (f"MLA, r {config.kv_lora_rank} + dr {config.qk_rope_head_dim}", config.kv_lora_rank + config.qk_rope_head_dim)]
+            ("MQA, 1 KV head", 2 * head_dim), (f"MLA, r {r} + dr {dr}", r + dr)]
     lines = [f"KV cache per token per layer, {config.n_layer} layers x {config.n_head} heads x {config.n_embd} wide:",
              f"{'attention':<22}{'values':>8}{'bf16 bytes':>12}{'fp32 bytes':>12}{'/ MHA':>8}"]
     for name, values in rows:
@@ -790,7 +785,7 @@ def load_checkpoint(path, device="cpu"):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="KV-cache sizes, then a sample from a checkpoint or from random weights.")
+    parser = argparse.ArgumentParser(description="KV-cache sizes, then a sample from a checkpoint or random weights.")
     parser.add_argument("--ckpt", help="checkpoint written by train.py (default: random init of --preset)")
     parser.add_argument("--preset", default="cpu", choices=PRESETS)
     parser.add_argument("--prompt", default="\n")
