@@ -838,7 +838,7 @@ def main():
     except (OSError, ValueError, RuntimeError) as err:
         raise SystemExit(f"error: {err}")
     counts = model.param_counts()
-    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters, {model.config}")
+    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters ({counts['active'] / 1e6:.2f}M active),", model.config)
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     for row in out.tolist():
