@@ -1,19 +1,14 @@
 """
 moe_gpt.py - a mixture-of-experts GPT in one file: modern_gpt.py with a DeepSeekMoE feed-forward.
 
-modern_gpt.py's blocks (RMSNorm, rotary embeddings, grouped-query attention, KV cache) with the
-SwiGLU, after `first_dense_layers` dense blocks, replaced by DeepSeekMoE (arXiv 2401.06066):
+From block `first_dense_layers` on, the SwiGLU is replaced by DeepSeekMoE (arXiv 2401.06066):
 
     h = x + sum_{shared i} FFN_i(x) + sum_{routed i} g_i(x) FFN_i(x)     (DeepSeekMoE eq. 9)
 
-- shared experts take every token with weight 1; a router picks top_k routed experts per token;
-- fine-grained segmentation: granularity m splits each expert's hidden units by m and multiplies
-  the experts and top_k by m, keeping total and active expert parameters (§3.1);
-- softmax or sigmoid gates (DeepSeek-V3, arXiv 2412.19437) in float32, optional jitter noise;
-- balancing: Switch's loss (arXiv 2101.03961), the router z-loss (ST-MoE, arXiv 2202.08906) and
-  DeepSeek-V3's auxiliary-loss-free bias; dropless, or GShard capacity (arXiv 2006.16668);
-- dispatch: assignments sorted by expert, each expert run once on its rows (one grouped matmul
-  where PyTorch has one), results index-added back: no token loop, no one-hot dispatch tensors.
+with fine-grained segmentation (§3.1), softmax or sigmoid gates (DeepSeek-V3, arXiv 2412.19437),
+Switch's balancing loss (arXiv 2101.03961), the router z-loss (ST-MoE, arXiv 2202.08906), V3's
+auxiliary-loss-free bias, sequence-wise loss and route scaling, dropless or GShard capacity
+(arXiv 2006.16668), and dispatch by sorting assignments by expert: no token loop, no one-hot tensors.
 
 Run it:
     python train.py --model_type moegpt --tokenizer char       # nanoGPT's CPU Shakespeare recipe
@@ -77,17 +72,13 @@ PRESETS = {  # each at its modern_gpt namesake's active size: shared + chosen ex
     "gpt2": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, first_dense_layers=1),  # 124M active
     # nanoGPT's CPU recipe: a shared expert of 192 hidden units + 2 of 16 routed ones of 96 = SwiGLU 384
     "cpu": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=64),
-    # the same with DeepSeek-V3's balancing: sigmoid gates, the bias, a 1e-4 auxiliary loss
-    "cpu-v3": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=64, gate="sigmoid",
-                   bias_update_rate=1e-3, aux_loss_weight=1e-4),
 }
 
 
 # ----------------------------------------------------------------------------- model
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * gain (Zhang & Sennrich 2019, arXiv 1910.07467, eq. 4):
-    LayerNorm without the mean subtraction and the bias. Computed in float32."""
+    """x / sqrt(mean(x^2) + eps) * gain, in float32 (arXiv 1910.07467 eq. 4): LayerNorm without mean and bias."""
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()
@@ -101,14 +92,9 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34).
-
-    Each pair of channels of a query or key at position p is rotated by the angle
-    p * theta^(-2i/hd); a dot product of rotated q (at m) and k (at n) then depends on
-    m - n only. The pairs are (i, i + hd/2), as in GPT-NeoX and Hugging Face's Llama: the
-    paper's adjacent pairs (2i, 2i+1) up to a fixed reordering of the head's channels,
-    which leaves q . k unchanged. cos and sin are tabled for positions 0 .. max_len - 1.
-    """
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a
+    query or key at position p is rotated by p * theta^(-2i/hd), so q . k depends on the offset only.
+    Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
 
     def __init__(self, head_dim, max_len, theta=10000.0):
         super().__init__()
@@ -149,11 +135,8 @@ class KVCache:
 
 
 def causal_attention(q, k, v, dropout_p):
-    """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
-
-    q is (B, nh, t, hd) for the last t positions; k, v (B, n_kv, S, hd) hold all S positions,
-    with n_kv dividing nh: each group of nh / n_kv query heads reads one key/value head.
-    """
+    """softmax(q k^T / sqrt(hd)) v, query i seeing keys up to its own position. q (B, nh, t, hd) holds
+    the last t positions, k and v (B, n_kv, S, hd) all S; each nh / n_kv query heads share a k, v head."""
     t, S = q.size(2), k.size(2)
     grouped = k.size(1) != q.size(1)
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
@@ -438,10 +421,9 @@ class MoEGPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy
-        against targets (B, T) when given (positions marked -100 are ignored), plus in training
-        the weighted balancing and z-losses of every MoE layer (eval losses are cross-entropy only).
-        With `cache` (a list of KVCache, one per layer) idx continues the cached positions."""
+        """idx (B, T) -> logits (B, T, vocab_size), and with targets (B, T; -100 ignored) the mean
+        cross-entropy, plus in training only the weighted MoE losses. With `cache` (new_cache())
+        idx continues the cached positions."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -527,9 +509,8 @@ class MoEGPT(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
-        6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention.
-        N leaves out an untied embedding table (a lookup); a tied one counts once, as the head."""
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without
+        an untied embedding table, a lookup) plus 12 * n_layer * n_embd * seq_len for attention."""
         c = self.config
         n_matmul = self.param_counts()["active"]
         if not c.tie_embeddings:
