@@ -95,8 +95,7 @@ PRESETS = {
 # ----------------------------------------------------------------------------- building blocks
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * gain (Zhang & Sennrich 2019, arXiv 1910.07467, eq. 4):
-    LayerNorm without the mean subtraction and the bias. Computed in float32."""
+    """x / sqrt(mean(x^2) + eps) * gain, in float32 (arXiv 1910.07467 eq. 4): LayerNorm without mean and bias."""
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()
@@ -110,14 +109,9 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34).
-
-    Each pair of channels of a query or key at position p is rotated by the angle
-    p * theta^(-2i/hd); a dot product of rotated q (at m) and k (at n) then depends on
-    m - n only. The pairs are (i, i + hd/2), as in GPT-NeoX and Hugging Face's Llama: the
-    paper's adjacent pairs (2i, 2i+1) up to a fixed reordering of the head's channels,
-    which leaves q . k unchanged. cos and sin are tabled for positions 0 .. max_len - 1.
-    """
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a
+    query or key at position p is rotated by p * theta^(-2i/hd), so q . k depends on the offset only.
+    Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
 
     def __init__(self, head_dim, max_len, theta=10000.0):
         super().__init__()
