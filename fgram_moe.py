@@ -90,8 +90,7 @@ PRESETS = {  # NanoMoE's defaults, nanoGPT's CPU recipe's shape; 2 of 4 experts 
 # ----------------------------------------------------------------------------- model
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * gain (Zhang & Sennrich 2019, arXiv 1910.07467, eq. 4):
-    LayerNorm without the mean subtraction and the bias. Computed in float32."""
+    """x / sqrt(mean(x^2) + eps) * gain, in float32 (arXiv 1910.07467 eq. 4): LayerNorm without mean and bias."""
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()
@@ -105,14 +104,9 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34).
-
-    Each pair of channels of a query or key at position p is rotated by the angle
-    p * theta^(-2i/hd); a dot product of rotated q (at m) and k (at n) then depends on
-    m - n only. The pairs are (i, i + hd/2), as in GPT-NeoX and Hugging Face's Llama: the
-    paper's adjacent pairs (2i, 2i+1) up to a fixed reordering of the head's channels,
-    which leaves q . k unchanged. cos and sin are tabled for positions 0 .. max_len - 1.
-    """
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a
+    query or key at position p is rotated by p * theta^(-2i/hd), so q . k depends on the offset only.
+    Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
 
     def __init__(self, head_dim, max_len, theta=10000.0):
         super().__init__()
@@ -153,11 +147,8 @@ class KVCache:
 
 
 def causal_attention(q, k, v, dropout_p):
-    """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
-
-    q is (B, nh, t, hd) for the last t positions; k, v (B, n_kv, S, hd) hold all S positions,
-    with n_kv dividing nh: each group of nh / n_kv query heads reads one key/value head.
-    """
+    """softmax(q k^T / sqrt(hd)) v, query i seeing keys up to its own position. q (B, nh, t, hd) holds
+    the last t positions, k and v (B, n_kv, S, hd) all S; each nh / n_kv query heads share a k, v head."""
     t, S = q.size(2), k.size(2)
     grouped = k.size(1) != q.size(1)
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
@@ -556,10 +547,9 @@ class FgramMoE(nn.Module):
         return self.fgram_gate(x, cache.fgram_vectors, rows)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy
-        against targets (B, T) when given (positions marked -100 are ignored), plus in training
-        the weighted balancing and z-losses of every MoE layer (eval losses are cross-entropy only).
-        With `cache` (a list of KVCache, one per layer) idx continues the cached positions."""
+        """idx (B, T) -> logits (B, T, vocab_size), and with targets (B, T; -100 ignored) the mean
+        cross-entropy, plus in training only the weighted MoE losses. With `cache` (new_cache())
+        idx continues the cached positions."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -645,12 +635,10 @@ class FgramMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
-        6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention.
-        N leaves out an untied embedding table (a lookup); a tied one counts once, as the head.
-        The F-gram encoder counts as if per token; it runs once per batch (docs/fgram_moe.md)."""
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without
+        an untied embedding table, a lookup) plus 12 * n_layer * n_embd * seq_len for attention."""
         c = self.config
-        n_matmul = self.param_counts()["active"]
+        n_matmul = self.param_counts()["active"]  # the F-gram encoder as if per token: docs/fgram_moe.md
         if not c.tie_embeddings:
             n_matmul -= self.wte.weight.numel()
         return 6 * n_matmul + 12 * c.n_layer * c.n_embd * seq_len
