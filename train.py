@@ -181,7 +181,7 @@ class Run:
         ckpt = self.load_checkpoint() if args.resume else None
         tokenizer_state = ckpt["tokenizer"] if ckpt else {"kind": args.tokenizer or getattr(module, "DEFAULT_TOKENIZER", "gpt2")}
         self.train_ids, self.val_ids, self.tokenizer = module.load_dataset(
-            args.data, tokenizer_state["kind"], tokenizer_state.get("chars"), cache_dir=args.out_dir)
+            args.data, tokenizer_state["kind"], tokenizer_state.get("chars"))
         for split, ids in (("training", self.train_ids), ("validation", self.val_ids)):
             if len(ids) < args.T + 1:
                 raise UsageError(f"{args.data}: the {split} split has {len(ids)} tokens, fewer than T+1 = "
