@@ -718,14 +718,10 @@ class Tokenizer:
         return {"kind": "gpt2"} if self.kind == "gpt2" else {"kind": "char", "chars": self.chars}
 
 
-def load_dataset(path, tokenizer_kind="gpt2", chars=None, cache_dir=None):
-    """Token ids for training and validation, and the tokenizer.
-
-    `path` is a text file (split 90/10 into train/val; GPT-2 BPE ids are cached as
-    uint16 next to it, or in cache_dir if that folder is read-only) or a folder with nanoGPT-style train.bin and val.bin
-    (uint16 GPT-2 token ids, used as they are). A char vocabulary is the sorted set of
-    the corpus's characters unless `chars` (e.g. from a checkpoint) is given.
-    Returns (train_ids, val_ids, tokenizer), the ids as 1-D numpy arrays."""
+def load_dataset(path, tokenizer_kind="gpt2", chars=None):
+    """(train_ids, val_ids, tokenizer) from a text file, split 90/10, or from a folder with
+    nanoGPT-style train.bin and val.bin (uint16 GPT-2 ids, used as they are). A char vocabulary
+    is the corpus's sorted character set unless `chars` (e.g. from a checkpoint) is given."""
     if os.path.isdir(path):
         bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
         missing = [b for b in bins if not os.path.exists(b)]
@@ -744,31 +740,23 @@ def load_dataset(path, tokenizer_kind="gpt2", chars=None, cache_dir=None):
         ids = np.array(tokenizer.encode(text), dtype=np.uint16)
     else:
         tokenizer = Tokenizer(tokenizer_kind)
-        ids = cached_bpe_ids(path, text, tokenizer, cache_dir)
+        ids = cached_bpe_ids(path, text, tokenizer)
     n_train = int(0.9 * len(ids))
     return ids[:n_train], ids[n_train:], tokenizer
 
 
-def cached_bpe_ids(path, text, tokenizer, fallback_dir=None):
-    """GPT-2 token ids of `text` (read from `path`), kept as uint16 in `<path>.gpt2.bin` next to
-    the text, or in fallback_dir where that folder is read-only, so a corpus is tokenized once.
-    A cache counts while it is newer than the text."""
-    name = os.path.basename(path) + ".gpt2.bin"
-    caches = [os.path.join(os.path.dirname(os.path.abspath(path)), name)]
-    if fallback_dir:
-        caches.append(os.path.join(fallback_dir, name))
-    for cache in caches:
-        if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
-            return np.fromfile(cache, dtype=np.uint16)
+def cached_bpe_ids(path, text, tokenizer):
+    """GPT-2 ids of `text`, kept as uint16 in `<path>.gpt2.bin` next to the text file (while newer
+    than it) so a corpus is tokenized once; a read-only folder just means tokenizing every time."""
+    cache = path + ".gpt2.bin"
+    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+        return np.fromfile(cache, dtype=np.uint16)
     ids = np.array(tokenizer.encode(text), dtype=np.uint16)  # GPT-2's 50,257 ids fit in 16 bits
-    for cache in caches:
-        try:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            ids.tofile(cache + ".tmp")
-            os.replace(cache + ".tmp", cache)  # atomic: a reader never sees half a file
-            break
-        except OSError:
-            continue  # read-only: try the next folder (or tokenize again next time)
+    try:
+        ids.tofile(cache + ".tmp")
+        os.replace(cache + ".tmp", cache)  # atomic: a reader never sees half a file
+    except OSError:
+        pass
     return ids
 
 
@@ -793,7 +781,7 @@ def load_checkpoint(path, device="cpu"):
     ckpt = torch.load(path, map_location=device, weights_only=True)
     if ckpt.get("model_type") != MODEL_TYPE:
         raise ValueError(f"{path} holds a {ckpt.get('model_type')!r} model, not {MODEL_TYPE!r}: use that model's file")
-    model = FgramMoE(FgramMoEConfig(**ckpt["config"]))
+    model = Model(Config(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"])
 
@@ -819,7 +807,7 @@ def main():
             model, tokenizer = load_checkpoint(args.ckpt, args.device)
         else:
             train_ids, _, tokenizer = load_dataset(args.data, DEFAULT_TOKENIZER)
-            model = FgramMoE(FgramMoEConfig(**PRESETS[args.preset], vocab_size=tokenizer.vocab_size))
+            model = Model(Config(**PRESETS[args.preset], vocab_size=tokenizer.vocab_size))
             model.prepare_data(train_ids)
             model = model.to(args.device).eval()
         prompt = tokenizer.encode(args.prompt)
