@@ -113,7 +113,7 @@ def config_overrides(rest, config_class):
             else:
                 overrides[name] = kind(value)
         except ValueError:
-            raise UsageError(f"--{name} takes a {kind.__name__}, not {value!r}")
+            raise UsageError(f"--{name} must be {kind.__name__}, not {value!r}")
     return overrides
 
 

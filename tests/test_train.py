@@ -126,7 +126,7 @@ def test_unknown_model_type():
 
 def test_unknown_option_and_bad_value():
     assert "unknown option --n_layers" in one_line_error(run_train("--n_layers", "3", check=False))
-    assert "--n_layer takes a int" in one_line_error(run_train("--n_layer", "three", check=False))
+    assert "--n_layer must be int, not 'three'" in one_line_error(run_train("--n_layer", "three", check=False))
 
 
 def test_unknown_preset_and_non_positive_sizes():
