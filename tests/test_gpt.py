@@ -63,6 +63,13 @@ def test_gelu_is_the_tanh_approximation():
     assert torch.allclose(mlp(x), expected, atol=1e-6)
 
 
+def test_exact_gelu_option():
+    mlp = tiny(gelu_approximate="none").h[0].mlp
+    x = torch.randn(3, 32)
+    h = mlp.c_fc(x)
+    assert torch.allclose(mlp(x), mlp.c_proj(0.5 * h * (1 + torch.erf(h / 2 ** 0.5))), atol=1e-6)
+
+
 def test_sampling_filters():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     assert gpt.sample_next_token(logits, temperature=0).item() == 3
