@@ -35,6 +35,8 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "nanodecoder")
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # causal-mask buffers that older GPT-2 files carry; they are not weights
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+# config.json's activation_function -> GPTConfig.gelu_approximate ("gelu_new" is GPT-2's tanh form)
+ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 
 # ----------------------------------------------------------------------------- download
@@ -141,9 +143,13 @@ def config_from_hub(hub_config, name="gpt2"):
             raise ValueError(f"no config.json next to the weights and {name!r} is no GPT-2 preset: "
                              f"pass --model {', '.join(HUB_REPOS)}")
         return gpt.GPTConfig(**gpt.PRESETS[name], block_size=1024, vocab_size=50257, bias=True)
+    activation = hub_config.get("activation_function", "gelu_new")  # the Hugging Face default
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"config.json asks for activation {activation!r}: gpt.py has {', '.join(ACTIVATIONS)}")
     try:
         return gpt.GPTConfig(n_layer=hub_config["n_layer"], n_head=hub_config["n_head"], n_embd=hub_config["n_embd"],
-                             block_size=hub_config["n_positions"], vocab_size=hub_config["vocab_size"], bias=True)
+                             block_size=hub_config["n_positions"], vocab_size=hub_config["vocab_size"], bias=True,
+                             gelu_approximate=ACTIVATIONS[activation])
     except KeyError as err:
         raise ValueError(f"config.json has no {err.args[0]!r}: it is not a GPT-2 config") from None
 
@@ -222,7 +228,8 @@ def export_gpt2(model, folder):
     save_file(hub_state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     hub_config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": c.n_layer,
                   "n_head": c.n_head, "n_embd": c.n_embd, "n_positions": c.block_size, "n_ctx": c.block_size,
-                  "vocab_size": c.vocab_size, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}
+                  "vocab_size": c.vocab_size, "layer_norm_epsilon": 1e-5,
+                  "activation_function": "gelu_new" if c.gelu_approximate == "tanh" else "gelu"}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(hub_config, f, indent=2)
     return folder

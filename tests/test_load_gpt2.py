@@ -1,5 +1,6 @@
 """load_gpt2.py: Hugging Face layout in and out, name/shape checks, no network with --weights,
 and the download (progress, timeout, resume, size check) against a local HTTP server."""
+import json
 import socket
 import threading
 import time
@@ -15,10 +16,10 @@ import gpt
 import load_gpt2
 
 
-def tiny(bias=True, vocab_size=64):
+def tiny(bias=True, vocab_size=64, **kw):
     """A small GPT with every weight random (biases too, so a lost bias would show)."""
     torch.manual_seed(0)
-    model = gpt.GPT(gpt.GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16, bias=bias))
+    model = gpt.GPT(gpt.GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16, bias=bias, **kw))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
@@ -75,24 +76,28 @@ def test_loaded_model_matches_a_reference_gpt2_written_on_the_hub_tensors(tmp_pa
     assert torch.allclose(load_gpt2.load_gpt2(weights=str(tmp_path))(IDS)[0][0].double(), expected, atol=1e-4)
 
 
-def test_model_without_biases_exports_with_zero_biases(tmp_path):
-    model = tiny(bias=False)
+def test_cpu_preset_style_model_round_trips_with_zero_biases_and_exact_gelu(tmp_path):
+    model = tiny(bias=False, gelu_approximate="none")  # the choices of gpt.py's "cpu" preset
     load_gpt2.export_gpt2(model, tmp_path)
     assert torch.count_nonzero(load_file(tmp_path / "model.safetensors")["h.1.attn.c_attn.bias"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["activation_function"] == "gelu"
     loaded = load_gpt2.load_gpt2(weights=str(tmp_path))
-    assert loaded.config.bias and torch.allclose(loaded(IDS)[0], model(IDS)[0], atol=1e-5)
+    assert loaded.config.bias and loaded.config.gelu_approximate == "none"
+    assert torch.allclose(loaded(IDS)[0], model(IDS)[0], atol=1e-5)
 
 
 def test_sizes_come_from_config_json_else_from_the_named_preset():
     hub_config = {"n_layer": 3, "n_head": 2, "n_embd": 8, "n_positions": 32, "vocab_size": 100, "n_ctx": 32}
     assert load_gpt2.config_from_hub(hub_config) == gpt.GPTConfig(
-        n_layer=3, n_head=2, n_embd=8, block_size=32, vocab_size=100, bias=True)
+        n_layer=3, n_head=2, n_embd=8, block_size=32, vocab_size=100, bias=True, gelu_approximate="tanh")
     assert load_gpt2.config_from_hub(None, "gpt2-medium") == gpt.GPTConfig(
         n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257, bias=True)
     with pytest.raises(ValueError, match="no config.json"):
         load_gpt2.config_from_hub(None, "gpt3")
     with pytest.raises(ValueError, match="has no 'n_positions'"):
         load_gpt2.config_from_hub({"n_layer": 3, "n_head": 2, "n_embd": 8})
+    with pytest.raises(ValueError, match="activation 'relu'"):
+        load_gpt2.config_from_hub({**hub_config, "activation_function": "relu"})
 
 
 def test_prefixed_names_buffers_and_a_stored_head_are_accepted(tmp_path):
