@@ -418,6 +418,7 @@ class Run:
         if self.wandb:
             self.wandb.finish()
         if self.ddp:
+            dist.barrier()  # rank 0 may still be plotting: tear the group down together
             dist.destroy_process_group()
 
 
