@@ -1,4 +1,6 @@
 """gpt.py: the model's invariants, sampling, tokenizers and data."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +35,51 @@ def test_cached_logits_equal_full_forward():
 
 def test_overfits_one_batch():
     check_overfits_one_batch(tiny(), VOCAB)
+
+
+def reference_gpt2_logits(state, idx, n_head, eps=1e-5):
+    """GPT-2's forward written out from the paper and OpenAI's code (model.py of gpt-2), with explicit
+    softmax attention and the tanh GELU formula: no SDPA, no nn.LayerNorm, no gpt.py code."""
+    def layer_norm(x, prefix):
+        mean = x.mean(-1, keepdim=True)
+        var = (x - mean).pow(2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + eps) * state[prefix + ".weight"] + state[prefix + ".bias"]
+
+    def linear(x, prefix):
+        return x @ state[prefix + ".weight"].T + state[prefix + ".bias"]
+
+    B, T = idx.shape
+    x = state["wte.weight"][idx] + state["wpe.weight"][:T]
+    n_layer = 1 + max(int(name.split(".")[1]) for name in state if name.startswith("h."))
+    for i in range(n_layer):
+        h = f"h.{i}."
+        q, k, v = linear(layer_norm(x, h + "ln_1"), h + "attn.c_attn").chunk(3, dim=-1)
+        q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+        scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1)
+        x = x + linear(y, h + "attn.c_proj")
+        a = linear(layer_norm(x, h + "ln_2"), h + "mlp.c_fc")
+        gelu = 0.5 * a * (1 + torch.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a ** 3)))
+        x = x + linear(gelu, h + "mlp.c_proj")
+    return layer_norm(x, "ln_f") @ state["wte.weight"].T  # the head is the token embedding
+
+
+def test_logits_match_gpt2_written_out():
+    model = tiny(bias=True).eval()
+    with torch.no_grad():  # activations of order 1 and non-zero biases, so every term of the reference counts
+        for name, p in model.named_parameters():
+            if "ln_" in name:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+            elif name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.1)
+            else:
+                p.mul_(10.0)
+    idx = torch.randint(0, VOCAB, (2, 16))
+    expected = reference_gpt2_logits(model.state_dict(), idx, n_head=2)
+    logits, _ = model(idx)
+    assert expected.std() > 1.0
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_parameter_names_follow_openai_gpt2():
