@@ -8,6 +8,11 @@ characters), an estimate whose noise is about +-0.01 nats. This script cuts the 
 (the last 10% of the corpus the checkpoint was trained on, --data) into consecutive windows of the
 model's block_size and averages the next-token loss over all of them, so two models can be compared
 on exactly the same text.
+
+A checkpoint written by nanoGPT's train.py (char-level Tiny Shakespeare, out-shakespeare-char/ckpt.pt)
+is scored too: gpt.py computes the same function (bench/nanogpt_equivalence.py), so its weights are
+loaded into gpt.py under their GPT-2 names and the characters of --data are its vocabulary, as in
+nanoGPT's data/shakespeare_char/prepare.py.
 """
 import argparse
 import importlib
@@ -35,15 +40,37 @@ def whole_split_loss(model, ids, block_size, batch_size=64):
     return total / count, count
 
 
+def load_nanogpt_checkpoint(ckpt, data):
+    """gpt.py's model and char tokenizer for a nanoGPT checkpoint (its "model_args" and "model")."""
+    import gpt
+    _, _, tokenizer = gpt.load_dataset(data, "char")
+    args = {k: v for k, v in ckpt["model_args"].items() if k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
+    model = gpt.GPT(gpt.GPTConfig(**args, vocab_size=ckpt["model_args"]["vocab_size"], gelu_approximate="none"))
+    prefixes = ("_orig_mod.", "transformer.")  # torch.compile's wrapper, nanoGPT's module dict
+    state = {}
+    for name, tensor in ckpt["model"].items():
+        for prefix in prefixes:
+            name = name.removeprefix(prefix)
+        state[name] = tensor
+    model.load_state_dict(state)
+    return model.eval(), tokenizer
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ckpts", nargs="+")
     p.add_argument("--data", default=os.path.join(HERE, "input.txt"))
     args = p.parse_args()
     for path in args.ckpts:
-        model_type = torch.load(path, map_location="cpu", weights_only=True)["model_type"]
-        module = importlib.import_module(MODEL_FILES[model_type])
-        model, tokenizer = module.load_checkpoint(path)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "model_args" in ckpt:
+            model_type = "nanoGPT"
+            model, tokenizer = load_nanogpt_checkpoint(ckpt, args.data)
+            module = importlib.import_module("gpt")
+        else:
+            model_type = ckpt["model_type"]
+            module = importlib.import_module(MODEL_FILES[model_type])
+            model, tokenizer = module.load_checkpoint(path)
         _, val_ids, _ = module.load_dataset(args.data, tokenizer.kind, getattr(tokenizer, "chars", None))
         loss, tokens = whole_split_loss(model, val_ids, model.config.block_size)
         print(f"{path}: {model_type}, whole validation split ({tokens:,} tokens): loss {loss:.4f}")
