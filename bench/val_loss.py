@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gpt  # noqa: E402
 from train import HERE, MODEL_FILES  # noqa: E402
 
 
@@ -42,7 +43,6 @@ def whole_split_loss(model, ids, block_size, batch_size=64):
 
 def load_nanogpt_checkpoint(ckpt, data):
     """gpt.py's model and char tokenizer for a nanoGPT checkpoint (its "model_args" and "model")."""
-    import gpt
     _, _, tokenizer = gpt.load_dataset(data, "char")
     args = {k: v for k, v in ckpt["model_args"].items() if k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
     model = gpt.GPT(gpt.GPTConfig(**args, vocab_size=ckpt["model_args"]["vocab_size"], gelu_approximate="none"))
@@ -66,7 +66,7 @@ def main():
         if "model_args" in ckpt:
             model_type = "nanoGPT"
             model, tokenizer = load_nanogpt_checkpoint(ckpt, args.data)
-            module = importlib.import_module("gpt")
+            module = gpt
         else:
             model_type = ckpt["model_type"]
             module = importlib.import_module(MODEL_FILES[model_type])
