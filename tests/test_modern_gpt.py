@@ -113,6 +113,57 @@ def test_grouped_query_attention_equals_repeated_heads():
     assert torch.allclose(attn(x), attn.c_proj(y), atol=1e-5)
 
 
+def reference_llama_logits(state, idx, n_head, n_kv_head, theta=10000.0, eps=1e-5, qk_norm=False):
+    """A Llama-style forward written out as Hugging Face's LlamaModel computes it: RMSNorm, RoPE with
+    rotate_half on cos/sin tables of duplicated frequencies, key/value heads repeated for GQA, explicit
+    masked softmax, SwiGLU; no modern_gpt.py code."""
+    def rms_norm(x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    def rotate_half(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    B, T = idx.shape
+    x = state["wte.weight"][idx]
+    hd = x.size(-1) // n_head
+    freqs = torch.outer(torch.arange(T).float(), 1.0 / theta ** (torch.arange(0, hd, 2).float() / hd))
+    cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()  # (T, hd)
+    n_layer = 1 + max(int(name.split(".")[1]) for name in state if name.startswith("h."))
+    for i in range(n_layer):
+        h = f"h.{i}."
+        q, k, v = (rms_norm(x, state[h + "norm_1.weight"]) @ state[h + "attn.c_attn.weight"].T).split(
+            [n_head * hd, n_kv_head * hd, n_kv_head * hd], dim=-1)
+        q = q.view(B, T, n_head, hd).transpose(1, 2)
+        k = k.view(B, T, n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, n_kv_head, hd).transpose(1, 2)
+        if qk_norm:
+            q, k = rms_norm(q, state[h + "attn.q_norm.weight"]), rms_norm(k, state[h + "attn.k_norm.weight"])
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = k.repeat_interleave(n_head // n_kv_head, dim=1), v.repeat_interleave(n_head // n_kv_head, dim=1)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1)
+        x = x + y @ state[h + "attn.c_proj.weight"].T
+        a = rms_norm(x, state[h + "norm_2.weight"])
+        gated = torch.nn.functional.silu(a @ state[h + "mlp.gate.weight"].T) * (a @ state[h + "mlp.up.weight"].T)
+        x = x + gated @ state[h + "mlp.down.weight"].T
+    return rms_norm(x, state["norm_f.weight"]) @ state["lm_head.weight"].T
+
+
+@pytest.mark.parametrize("kw", [{"n_kv_head": 2}, {"n_kv_head": 1, "qk_norm": True, "tie_embeddings": False}])
+def test_logits_match_llama_written_out(kw):
+    model = tiny(**kw).eval()
+    with torch.no_grad():  # activations of order 1 and gains away from 1, so every term counts
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else p * 10.0)
+    idx = torch.randint(0, VOCAB, (2, 16))
+    expected = reference_llama_logits(model.state_dict(), idx, n_head=4, qk_norm=kw.get("qk_norm", False),
+                                      n_kv_head=kw["n_kv_head"])
+    logits, _ = model(idx)
+    assert expected.std() > 1.0
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_qk_norm_normalizes_queries_and_keys():
     attn = tiny(qk_norm=True).h[0].attn
     q = torch.randn(2, 4, 5, 8) * 30
