@@ -62,6 +62,8 @@ def main():
     p.add_argument("--data", default=os.path.join(HERE, "input.txt"))
     args = p.parse_args()
     for path in args.ckpts:
+        if not os.path.exists(path):
+            raise SystemExit(f"error: no checkpoint at {path}: train one with python train.py")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if "model_args" in ckpt:
             model_type = "nanoGPT"
