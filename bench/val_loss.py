@@ -6,8 +6,8 @@ bench/val_loss.py - the loss of a train.py checkpoint on the WHOLE validation sp
 train.py's evaluation averages eval_iters random batches (nanoGPT's recipe: 20 batches of 12 x 64
 characters), an estimate about +-0.016 nats from the whole-split loss (README, twenty seeds). This
 script cuts the validation split (the last 10% of the corpus the checkpoint was trained on, --data)
-into consecutive windows of the model's block_size and averages the next-token loss over all of them, so two models can be compared
-on exactly the same text.
+into consecutive windows of the model's block_size and averages the next-token loss over all of them,
+so two models can be compared on exactly the same text.
 
 A checkpoint written by nanoGPT's train.py (char-level Tiny Shakespeare, out-shakespeare-char/ckpt.pt)
 is scored too: gpt.py computes the same function (bench/nanogpt_equivalence.py), so its weights are
