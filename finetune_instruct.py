@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import asdict
 
@@ -43,6 +44,8 @@ IGNORE_INDEX = -100  # targets the loss skips (gpt.GPT's cross-entropy ignores -
 # --init scratch: gpt.py's "cpu" preset with a context of 128 tokens; the longest entry
 # of instruction-data.json is 91 tokens with the template
 SCRATCH_CONFIG = dict(gpt.PRESETS["cpu"], block_size=128, vocab_size=50257)
+FIELDS = ("instruction", "input", "output")
+MIN_ENTRIES = 10  # the fewest whose 85/10/5 split leaves an entry in each part (8/1/1)
 
 
 # ----------------------------------------------------------------------------- data
@@ -56,22 +59,46 @@ def format_prompt(entry):
     return prompt + "\n\n### Response:\n"
 
 
+def json_kind(value):
+    """What JSON calls the type of a parsed value, for error messages."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
 def read_entries(path):
-    """The list of {"instruction", "input", "output"} entries of an Alpaca-format JSON file."""
+    """The list of {"instruction", "input", "output"} entries of an Alpaca-format JSON file.
+    Anything else (not JSON, not a list of objects whose three fields are strings, fewer than
+    MIN_ENTRIES entries) is a ValueError naming the file. "input" may be empty."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: pass --data with an Alpaca-format JSON file")
     with open(path, encoding="utf-8") as f:
-        entries = json.load(f)
+        try:
+            entries = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not UTF-8 JSON ({err}): pass --data with an Alpaca-format JSON file") from err
+    if not isinstance(entries, list):
+        raise ValueError(f"{path} holds {json_kind(entries)}: expected a list of entries, "
+                         f'[{{"instruction": ..., "input": ..., "output": ...}}, ...]')
     for number, entry in enumerate(entries):
-        missing = {"instruction", "input", "output"} - set(entry)
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {number} is {json_kind(entry)}, "
+                             f"not an object with instruction, input, output")
+        missing = [field for field in FIELDS if field not in entry]
         if missing:
-            raise ValueError(f"{path}: entry {number} has no {sorted(missing)[0]!r}: each needs instruction, input, output")
+            raise ValueError(f"{path}: entry {number} has no {missing[0]!r}: each needs instruction, input, output")
+        not_text = [field for field in FIELDS if not isinstance(entry[field], str)]
+        if not_text:
+            raise ValueError(f"{path}: entry {number} has {json_kind(entry[not_text[0]])} as {not_text[0]!r}: "
+                             f'instruction, input and output must be strings (input may be "")')
+    if len(entries) < MIN_ENTRIES:
+        raise ValueError(f"{path} holds {len(entries)} entries: the 85/10/5 split needs at least {MIN_ENTRIES} "
+                         f"to leave one in each of train, validation and test")
     return entries
 
 
 def split(entries):
     """Train (the first 85%), validation (the last 5%) and test (the 10% between them):
-    chapter 7's proportions and file order."""
+    chapter 7's proportions and file order. Each is non-empty from MIN_ENTRIES entries on."""
     train_end = int(len(entries) * 0.85)
     test_end = train_end + int(len(entries) * 0.1)
     return entries[:train_end], entries[test_end:], entries[train_end:test_end]
@@ -261,8 +288,9 @@ def main(argv=None):
         model, tokenizer = initial_model(args)
         if args.lora_rank < 0:
             raise ValueError(f"--lora_rank {args.lora_rank}: use a positive rank, or 0 for full fine-tuning")
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    except (OSError, ValueError) as err:  # bad input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)
 
     train_entries, val_entries, test_entries = split(entries)
     print(f"{len(entries):,} entries -> train {len(train_entries)}, val {len(val_entries)}, test {len(test_entries)}")

@@ -24,6 +24,7 @@ By default only the last Transformer block, the final LayerNorm and the new head
 import argparse
 import os
 import random
+import sys
 import time
 import zipfile
 from dataclasses import asdict
@@ -43,6 +44,9 @@ PAD_ID = 50256  # <|endoftext|>
 # --init scratch: gpt.py's "cpu" preset (the size of the Shakespeare checkpoint) with a
 # context of 128 tokens, which holds all but 12 of the 5,574 messages
 SCRATCH_CONFIG = dict(gpt.PRESETS["cpu"], block_size=128, vocab_size=50257)
+# ham and spam are balanced to 2 x the rarer class; 10 messages are the fewest whose 70/10/20
+# split leaves every part non-empty (7/1/2), so a file needs at least 5 messages of each class
+MIN_PER_CLASS = 5
 
 
 # ----------------------------------------------------------------------------- data
@@ -51,19 +55,34 @@ def read_sms_spam(path):
     """(label id, text) for every line `label<TAB>text` of the SMS Spam Collection.
 
     The lines are split by hand: a csv reader with default quoting joins messages that
-    contain quote characters and returns 5,572 of the 5,574."""
+    contain quote characters and returns 5,572 of the 5,574. A file the fine-tune cannot use
+    (a malformed line, or fewer than MIN_PER_CLASS messages of a class) is a ValueError."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: pass --data, or --download to fetch it from UCI")
     with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+        try:
+            lines = f.read().split("\n")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text ({err}): pass --data with the SMS Spam Collection") from err
     examples = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         label, tab, text = line.rstrip("\r").partition("\t")
         if not tab or label not in LABELS:
-            raise ValueError(f"{path} line {number}: expected 'ham' or 'spam', a tab, then the message")
+            raise ValueError(f"{path} line {number}: expected 'ham' or 'spam', a tab, then the message; "
+                             f"found {line[:40]!r}")
         examples.append((LABELS.index(label), text))
+    if not examples:
+        raise ValueError(f"{path} holds no messages: each line is 'ham' or 'spam', a tab, then the message")
+    spam = sum(label for label, _ in examples)
+    ham = len(examples) - spam
+    if not ham or not spam:
+        raise ValueError(f"{path} holds only {'spam' if spam else 'ham'} messages: a classifier needs both "
+                         f"ham and spam, at least {MIN_PER_CLASS} of each")
+    if min(ham, spam) < MIN_PER_CLASS:
+        raise ValueError(f"{path} holds {ham} ham and {spam} spam messages: too few for non-empty train, "
+                         f"validation and test sets (70/10/20); it needs at least {MIN_PER_CLASS} of each")
     return examples
 
 
@@ -85,7 +104,8 @@ def balance(examples, seed):
 
 
 def split(examples, train_fraction=0.7, val_fraction=0.1):
-    """Train, validation and test lists, in order; the test split takes the rest (20%)."""
+    """Train, validation and test lists, in order; the test split takes the rest (20%).
+    Each is non-empty from 10 examples on (see MIN_PER_CLASS)."""
     train_end = int(len(examples) * train_fraction)
     val_end = train_end + int(len(examples) * val_fraction)
     return examples[:train_end], examples[train_end:val_end], examples[val_end:]
@@ -245,8 +265,9 @@ def main(argv=None):
         examples = read_sms_spam(args.data)
         model, tokenizer = initial_model(args)
         trainable_blocks = parse_trainable(args.trainable_blocks, args.init, model.config.n_layer)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    except (OSError, ValueError) as err:  # bad input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)
 
     balanced = balance(examples, args.seed)
     splits = split(balanced)

@@ -1,31 +1,24 @@
 """
 gpt.py - GPT-2 in one file: the model, KV-cache generation, tokenizers and data.
 
-GPT-2 is a decoder-only Transformer (Radford et al. 2019, "Language Models are
-Unsupervised Multitask Learners"; the block is GPT-1's, arXiv-less, with the
-LayerNorm moved to the input of each sub-block). Each block is
+GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"): pre-LN blocks
+x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)), learned token and position embeddings, a final LayerNorm,
+the head tied to the token embedding. OpenAI's names and shapes, so its weights load one-to-one
+(load_hf.py). docs/gpt.md maps the paper onto this file.
 
-    x = x + attn(ln_1(x))     causal multi-head self-attention
-    x = x + mlp(ln_2(x))      Linear -> GELU (tanh approximation) -> Linear
-
-with learned token (wte) and position (wpe) embeddings, a final LayerNorm, and
-an output head that shares its weight with wte. Parameter names and shapes
-follow OpenAI's release (wte, wpe, h.N.ln_1, attn.c_attn, ...), so the real
-weights load one-to-one (see load_gpt2.py; OpenAI stores Linear weights as
-Conv1D, transposed).
-
-Run it:
-    python train.py --model_type gpt --tokenizer char     # nanoGPT's CPU Shakespeare recipe
+    python train.py --model_type gpt                      # nanoGPT's char-level CPU Shakespeare recipe
     python gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"    # sample from a checkpoint
     python gpt.py                                         # sizes + a sample from random weights
 
-The file imports only torch, numpy, tiktoken and the standard library: copy it
-together with data/gpt2.tiktoken into another project and it works.
+Imports only torch, numpy, tiktoken and the standard library; GPT-2's BPE also needs data/gpt2.tiktoken
+in a data/ folder beside this file.
 """
 import argparse
 import base64
 import math
 import os
+import sys
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +28,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MODEL_TYPE = "gpt"
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 @dataclass
@@ -45,7 +37,7 @@ class GPTConfig:
     n_layer: int = 12  # number of Transformer blocks
     n_head: int = 12  # attention heads; n_embd must be a multiple of it
     n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    dropout: float = 0.0  # probability, on embeddings, attention weights and residual branches
     bias: bool = True  # GPT-2 has biases in every Linear and LayerNorm
     gelu_approximate: str = "tanh"  # GPT-2's tanh approximation of GELU; "none" = exact (erf) GELU
 
@@ -64,10 +56,7 @@ PRESETS = {
 # ----------------------------------------------------------------------------- model
 
 class KVCache:
-    """Keys and values of the positions seen so far, for one attention layer.
-
-    Preallocated as (B, n_head, max_len, head_dim); `pos` counts the filled positions.
-    """
+    """One attention layer's keys and values so far, (B, n_head, max_len, head_dim); `pos` are filled."""
 
     def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
@@ -83,19 +72,17 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout_p):
-    """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position.
-
-    q is (B, nh, t, hd) for the last t positions; k, v (B, nh, S, hd) hold all S positions.
-    """
+def causal_attention(q, k, v, dropout):
+    """softmax(q k^T / sqrt(hd)) v where query i sees keys up to its own position; q (B, nh, t, hd)
+    holds the last t positions, k and v (B, nh, S, hd) all S."""
     t, S = q.size(2), k.size(2)
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
     if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
     mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class CausalSelfAttention(nn.Module):
@@ -103,13 +90,14 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd {config.n_embd} must be a multiple of n_head {config.n_head}")
         self.n_head = config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_branch_end = True  # see GPT._init_weights
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(self, x, cache=None):
         B, T, C = x.shape
@@ -122,7 +110,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(k, v)  # (B, nh, cached + T, hd)
         y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_drop(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -134,10 +122,10 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_branch_end = True
         self.gelu_approximate = config.gelu_approximate
-        self.dropout = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu_approximate)))
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu_approximate)))
 
 
 class Block(nn.Module):
@@ -172,22 +160,17 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # GPT-2: N(0, 0.02) everywhere; the Linear that ends each residual branch is scaled
-        # by 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "residual_branch_end", False):
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        # GPT-2: N(0, 0.02), zero biases; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer),
+        # so the residual stream's variance does not grow with depth
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy
-        against targets (B, T) when given (positions marked -100 are ignored).
-        With `cache` (a list of KVCache, one per layer) idx continues the cached positions."""
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets
+        (B, T; -100 is ignored) when given. With `cache` (new_cache()) idx continues the cached positions."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -204,19 +187,16 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size):
         """An empty KV cache (one KVCache per layer) as long as the context."""
-        c = self.config
-        w = self.wte.weight
-        return [KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
-                for _ in range(c.n_layer)]
+        config, w = self.config, self.wte.weight
+        head_dim = config.n_embd // config.n_head
+        return [KVCache(batch_size, config.n_head, config.block_size, head_dim, w.device, w.dtype)
+                for _ in range(config.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Append max_new_tokens tokens to idx (B, T). temperature 0 is greedy decoding.
-
-        With the cache each new token costs one position's worth of compute; once the
-        context is full the window slides and the cache is rebuilt from the last
-        block_size - 1 tokens, exactly what the cache-less path computes.
-        """
+        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. With the cache a new token
+        costs one position's compute; once the context is full the window slides and the cache is rebuilt
+        from the last block_size - 1 tokens, exactly what the cache-less path computes."""
         block_size = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -235,10 +215,8 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices and embeddings only (not on biases and norm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")  # fused AdamW kernels exist for these devices
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
@@ -248,12 +226,10 @@ class GPT(nn.Module):
         return {"total": total, "active": total}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token (forward + backward), PaLM (arXiv 2204.02311) appendix B:
-        6N for the weight matmuls plus 12 * n_layer * n_embd * seq_len for attention.
-        N leaves out the position table (a lookup); the tied wte counts once, as the head."""
-        c = self.config
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without the
+        position table, a lookup; the tied wte counts once, as the head) + 12 * n_layer * n_embd * seq_len."""
         n_matmul = self.param_counts()["active"] - self.wpe.weight.numel()
-        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * seq_len
+        return 6 * n_matmul + 12 * self.config.n_layer * self.config.n_embd * seq_len
 
 
 Config, Model = GPTConfig, GPT  # the names train.py looks for in every model file
@@ -279,42 +255,42 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
 
 # ----------------------------------------------------------------------------- tokenizers and data
 
-def gpt2_encoding(path=os.path.join(DATA_DIR, "gpt2.tiktoken")):
-    """GPT-2's BPE as a tiktoken Encoding, built from the ranks file with no network access.
-    Each line of gpt2.tiktoken is `base64(token bytes) rank`; <|endoftext|> (50256) is added."""
-    if not os.path.exists(path):
-        return tiktoken.get_encoding("gpt2")  # downloads the ranks once, then caches them
-    with open(path, "rb") as f:
-        ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
-    return tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-    )
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gpt2.tiktoken")
 
 
 class Tokenizer:
-    """GPT-2 BPE (kind "gpt2") or characters (kind "char", vocabulary = `chars`, in id order).
+    """Text <-> token ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, its ranks read from
+    data/gpt2.tiktoken (lines of base64(token bytes) and rank: no network); "bpe": a BPE learned from the
+    corpus by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs are byte-level, split text
+    with GPT-2's pattern and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds it."""
 
-    `state()` is what a checkpoint stores to rebuild the same tokenizer: Tokenizer(**state)."""
-
-    def __init__(self, kind="gpt2", chars=None):
-        self.kind = kind
+    def __init__(self, kind="gpt2", chars="", merges=()):
+        self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
+        self.char_to_id = {ch: i for i, ch in enumerate(chars)}
         if kind == "gpt2":
-            self.bpe = gpt2_encoding()
-            self.vocab_size = self.bpe.n_vocab
-        elif kind == "char":
-            if not chars:
-                raise ValueError("a char tokenizer needs its vocabulary (the characters of the corpus)")
-            self.chars = chars
-            self.char_to_id = {ch: i for i, ch in enumerate(chars)}
-            self.vocab_size = len(chars)
-        else:
-            raise ValueError(f"unknown tokenizer {kind!r}: use gpt2 or char")
+            if not os.path.exists(GPT2_RANKS):
+                raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs nanodecoder's data/gpt2.tiktoken "
+                                        "in a data/ folder beside the model file")
+            with open(GPT2_RANKS, "rb") as f:
+                lines = [line.split() for line in f if line.strip()]
+            ranks = {base64.b64decode(token): int(rank) for token, rank in lines}
+        elif kind == "bpe":
+            tokens = [bytes([b]) for b in range(256)]
+            for a, b in self.merges:
+                tokens.append(tokens[a] + tokens[b])
+            ranks = {token: rank for rank, token in enumerate(tokens)}
+        elif kind != "char":
+            raise ValueError(f"unknown tokenizer {kind!r}: use char, gpt2 or bpe")
+        if kind != "char":
+            self.bpe = tiktoken.Encoding(kind, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                         special_tokens={"<|endoftext|>": len(ranks)})
+        self.vocab_size = len(chars) if kind == "char" else self.bpe.n_vocab
+        if not 1 <= self.vocab_size <= 65536:  # token files and caches hold uint16 ids
+            raise ValueError(f"a {kind} tokenizer of {self.vocab_size} tokens: 1 to 65,536 are possible")
 
     def encode(self, text):
-        if self.kind == "gpt2":
+        if self.kind != "char":
             return self.bpe.encode_ordinary(text)
         unknown = set(text) - self.char_to_id.keys()
         if unknown:
@@ -322,54 +298,38 @@ class Tokenizer:
         return [self.char_to_id[ch] for ch in text]
 
     def decode(self, ids):
-        if self.kind == "gpt2":
-            return self.bpe.decode(list(ids))
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self.chars[i] for i in ids) if self.kind == "char" else self.bpe.decode(list(ids))
 
     def state(self):
-        return {"kind": "gpt2"} if self.kind == "gpt2" else {"kind": "char", "chars": self.chars}
+        return {"kind": self.kind, "chars": self.chars, "merges": self.merges}
 
 
-def load_dataset(path, tokenizer_kind="gpt2", chars=None):
-    """(train_ids, val_ids, tokenizer) from a text file, split 90/10, or from a folder with
-    nanoGPT-style train.bin and val.bin (uint16 GPT-2 ids, used as they are). A char vocabulary
-    is the corpus's sorted character set unless `chars` (e.g. from a checkpoint) is given."""
+def load_dataset(path, tokenizer=None):
+    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids,
+    used as they are), or from a UTF-8 text file whose first 90% of characters are for training and last 10%
+    for validation, encoded with `tokenizer` (default: one id per character of the text). BPE ids are cached
+    as uint16 in <path>.<kind>-<vocab size>-<checksum>.npz while it is newer than the text."""
     if os.path.isdir(path):
         bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
-        missing = [b for b in bins if not os.path.exists(b)]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]} not found: a data folder needs train.bin and val.bin")
-        if tokenizer_kind != "gpt2":
-            raise ValueError(f"{path} holds GPT-2 token ids (train.bin/val.bin): use --tokenizer gpt2")
         train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
         return train, val, Tokenizer("gpt2")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path} not found: pass --data with a text file or a train.bin/val.bin folder")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if tokenizer_kind == "char":  # encoding characters is a table lookup: no cache needed
-        tokenizer = Tokenizer("char", chars or "".join(sorted(set(text))))
-        ids = np.array(tokenizer.encode(text), dtype=np.uint16)
-    else:
-        tokenizer = Tokenizer(tokenizer_kind)
-        ids = cached_bpe_ids(path, text, tokenizer)
-    n_train = int(0.9 * len(ids))
-    return ids[:n_train], ids[n_train:], tokenizer
-
-
-def cached_bpe_ids(path, text, tokenizer):
-    """GPT-2 ids of `text`, kept as uint16 in `<path>.gpt2.bin` next to the text file (while newer
-    than it) so a corpus is tokenized once; a read-only folder just means tokenizing every time."""
-    cache = path + ".gpt2.bin"
-    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
-        return np.fromfile(cache, dtype=np.uint16)
-    ids = np.array(tokenizer.encode(text), dtype=np.uint16)  # GPT-2's 50,257 ids fit in 16 bits
-    try:
-        ids.tofile(cache + ".tmp")
-        os.replace(cache + ".tmp", cache)  # atomic: a reader never sees half a file
-    except OSError:
-        pass
-    return ids
+    train_text, val_text = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
+    tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
+    # the merges' checksum tells two learned BPEs of one size apart
+    cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
+    if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+        with np.load(cache) as saved:
+            return saved["train"], saved["val"], tokenizer
+    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (train_text, val_text))
+    if tokenizer.kind != "char":  # characters are a table lookup: no cache needed
+        try:
+            np.savez(cache + ".tmp.npz", train=train, val=val)
+            os.replace(cache + ".tmp.npz", cache)  # atomic: a reader never sees half a file
+        except OSError:
+            pass  # a read-only folder: tokenize every time
+    return train, val, tokenizer
 
 
 def get_batch(data, batch_size, block_size, generator, device="cpu"):
@@ -386,27 +346,31 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def load_checkpoint(path, device="cpu"):
-    """The model (eval mode) and tokenizer stored by train.py at `path`; only tensors and
-    plain Python values are read (torch.load(weights_only=True)), nothing is unpickled."""
-    if not os.path.exists(path):
+    """(model in eval mode, tokenizer, checkpoint dict) from a file train.py saved. weights_only=True:
+    torch.load reads tensors and plain values, nothing else in the file is unpickled."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if ckpt.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{path} holds a {ckpt.get('model_type')!r} model, not {MODEL_TYPE!r}: use that model's file")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, empty or not a checkpoint: torch.load has many ways to say so
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}): was it cut short?") from err
+    model_type = ckpt.get("model_type") if isinstance(ckpt, dict) else None
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"{path} holds a {model_type!r} model, not a {MODEL_TYPE!r} one: use that model's file")
     model = Model(Config(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"])
+    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"]), ckpt
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Sample from a GPT-2 checkpoint, or from random weights.")
-    parser.add_argument("--ckpt", help="checkpoint written by train.py (default: random init of --preset)")
+    parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.")
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights of --preset)")
     parser.add_argument("--preset", default="cpu", choices=PRESETS)
     parser.add_argument("--prompt", default="\n")
     parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.8)  # 0 = greedy
     parser.add_argument("--top_k", type=int, default=200)
-    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--top_p", type=float)
     parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -414,20 +378,19 @@ def main():
     torch.manual_seed(args.seed)
     try:
         if args.ckpt:
-            model, tokenizer = load_checkpoint(args.ckpt, args.device)
+            model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
         else:
-            tokenizer = Tokenizer("gpt2")
-            model = Model(Config(**PRESETS[args.preset])).to(args.device).eval()
+            model, tokenizer = Model(Config(**PRESETS[args.preset])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}")
-    counts = model.param_counts()
-    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters, {model.config}")
+        if not prompt:
+            raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    for row in out.tolist():
-        print(tokenizer.decode(row))
-        print("-" * 40)
+    for row in model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p).tolist():
+        print(tokenizer.decode(row), "-" * 40, sep="\n")
 
 
 if __name__ == "__main__":

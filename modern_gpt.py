@@ -1,32 +1,26 @@
 """
 modern_gpt.py - a Llama-style GPT in one file: the model, KV-cache generation, tokenizers and data.
 
-The decoder of gpt.py with the changes that most open models since Llama (Touvron et al.
-2023, arXiv 2302.13971) share:
+gpt.py with the changes most open models since Llama (arXiv 2302.13971) share: RMSNorm (arXiv 1910.07467)
+instead of LayerNorm, rotary position embeddings of queries and keys (RoFormer, arXiv 2104.09864) instead
+of a position table, grouped-query attention (arXiv 2305.13245; n_kv_head 1 = multi-query), whose KV cache
+holds only the n_kv_head heads, a SwiGLU feed-forward (arXiv 2002.05202), no biases, optional QK-norm
+(Qwen3) and Llama 3's RoPE frequency scaling (arXiv 2407.21783). SmolLM2, TinyLlama, Llama 3.2 and Qwen3
+checkpoints load into it (load_hf.py). docs/modern_gpt.md walks through it.
 
-    x = x + attn(norm_1(x))   RMSNorm (2019, arXiv 1910.07467) instead of LayerNorm
-    x = x + mlp(norm_2(x))    SwiGLU feed-forward (Shazeer 2020, arXiv 2002.05202)
+    python train.py --model_type moderngpt                        # nanoGPT's char-level CPU recipe
+    python modern_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"     # sample from a checkpoint
+    python modern_gpt.py                                          # sizes + a sample from random weights
 
-- positions enter through rotary embeddings of queries and keys (RoFormer, arXiv 2104.09864),
-  not a learned table, so attention depends on relative positions;
-- grouped-query attention (Ainslie et al. 2023, arXiv 2305.13245): n_head query heads share
-  n_kv_head key/value heads (n_kv_head 1 is multi-query attention, arXiv 1911.02150), and
-  the KV cache stores only those n_kv_head heads;
-- no biases; optional QK-norm (RMSNorm of queries and keys per head, as OLMo 2 and Qwen3)
-  that keeps attention logits bounded; tied or untied output head.
-
-Run it:
-    python train.py --model_type moderngpt --tokenizer char      # nanoGPT's CPU Shakespeare recipe
-    python modern_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"    # sample from a checkpoint
-    python modern_gpt.py                                         # sizes + a sample from random weights
-
-The file imports only torch, numpy, tiktoken and the standard library: copy it
-together with data/gpt2.tiktoken into another project and it works.
+Imports only torch, numpy, tiktoken and the standard library; GPT-2's BPE also needs data/gpt2.tiktoken
+in a data/ folder beside this file.
 """
 import argparse
 import base64
 import math
 import os
+import sys
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MODEL_TYPE = "moderngpt"
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 @dataclass
@@ -44,16 +37,21 @@ class ModernGPTConfig:
     block_size: int = 1024  # longest context; length of the rotary tables and the KV cache
     vocab_size: int = 50257  # GPT-2 BPE: 256 bytes + 50,000 merges + <|endoftext|>
     n_layer: int = 12  # number of Transformer blocks
-    n_head: int = 12  # query heads; n_embd must be a multiple of it
+    n_head: int = 12  # query heads
     n_kv_head: int = 12  # key/value heads, shared by n_head / n_kv_head query heads each (1 = multi-query)
     n_embd: int = 768  # width of the residual stream
+    head_dim: int = 0  # size of each head; 0 = n_embd / n_head (Qwen3 sets it apart)
     mlp_hidden: int = 0  # SwiGLU hidden size before rounding; 0 = 8/3 n_embd (the 4C GELU MLP's parameters)
     multiple_of: int = 64  # the SwiGLU hidden size is rounded up to a multiple of this (fast matmuls)
     rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
-    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotation
+    rope_scaling_factor: float = 1.0  # Llama 3's RoPE scaling: low frequencies turn this much slower (1 = off)
+    rope_low_freq_factor: float = 1.0  # Llama 3: wavelengths over original_len / this are slowed fully
+    rope_high_freq_factor: float = 4.0  # Llama 3: wavelengths under original_len / this are kept
+    rope_original_len: int = 8192  # Llama 3: the context the model was pretrained at
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotation (Qwen3)
     tie_embeddings: bool = True  # the output head shares its weight with the token embedding
     norm_eps: float = 1e-5  # added to the mean square in RMSNorm
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    dropout: float = 0.0  # probability, on embeddings, attention weights and residual branches
 
 
 PRESETS = {
@@ -82,16 +80,29 @@ class RMSNorm(nn.Module):
         return (normed * self.weight.float()).type_as(x)
 
 
+def rope_frequencies(config, head_dim):
+    """The rotation speed of each channel pair, theta^(-2i/hd) (RoFormer eq. 15), (hd/2,). Llama 3 scaling
+    (rope_scaling_factor > 1, as Meta's code does it): pairs whose wavelength 2 pi / speed is longer than
+    rope_original_len / rope_low_freq_factor turn rope_scaling_factor times slower, those shorter than
+    rope_original_len / rope_high_freq_factor keep their speed, and those between are blended linearly."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
+    inv_freq = config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if config.rope_scaling_factor == 1.0:
+        return inv_freq
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    kept = ((config.rope_original_len / wavelength - low) / (high - low)).clamp(0.0, 1.0)  # 0 = slowed fully
+    return (1 - kept) * inv_freq / config.rope_scaling_factor + kept * inv_freq
+
+
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a
-    query or key at position p is rotated by p * theta^(-2i/hd), so q . k depends on the offset only.
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a query
+    or key at position p is rotated by the angle p * inv_freq[i], so q . k depends on the offset only.
     Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
 
-    def __init__(self, head_dim, max_len, theta=10000.0):
+    def __init__(self, inv_freq, max_len):
         super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
-        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -106,10 +117,7 @@ class RotaryEmbedding(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, for one attention layer.
-
-    Preallocated as (B, n_head, max_len, head_dim); `pos` counts the filled positions.
-    """
+    """One attention layer's keys and values so far, (B, n_head, max_len, head_dim); `pos` are filled."""
 
     def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
@@ -125,18 +133,18 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout_p):
+def causal_attention(q, k, v, dropout):
     """softmax(q k^T / sqrt(hd)) v, query i seeing keys up to its own position. q (B, nh, t, hd) holds
     the last t positions, k and v (B, n_kv, S, hd) all S; each nh / n_kv query heads share a k, v head."""
     t, S = q.size(2), k.size(2)
     grouped = k.size(1) != q.size(1)
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=grouped)
     if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=grouped)
     # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
     mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=grouped)
 
 
 class CausalSelfAttention(nn.Module):
@@ -144,22 +152,23 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
-            raise ValueError(f"n_embd {config.n_embd} must be a multiple of n_head {config.n_head}, "
-                             f"and n_head a multiple of n_kv_head {config.n_kv_head}")
+        if config.n_head % config.n_kv_head or (not config.head_dim and config.n_embd % config.n_head):
+            raise ValueError(f"n_head {config.n_head} must be a multiple of n_kv_head {config.n_kv_head}, "
+                             f"and n_embd {config.n_embd} of n_head unless head_dim is given")
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
-        self.head_dim = config.n_embd // config.n_head
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=False)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.head_dim = config.head_dim or config.n_embd // config.n_head
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.c_attn = nn.Linear(config.n_embd, q_size + 2 * kv_size, bias=False)
+        self.c_proj = nn.Linear(q_size, config.n_embd, bias=False)
         self.c_proj.residual_branch_end = True  # see _init_weights
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
-        self.rotary = RotaryEmbedding(self.head_dim, config.block_size, config.rope_theta)
+        self.rotary = RotaryEmbedding(rope_frequencies(config, self.head_dim), config.block_size)
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(self, x, cache=None):
-        B, T, C = x.shape
+        B, T, _ = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
         # split into heads and move heads next to batch: q (B, nh, T, hd), k and v (B, n_kv, T, hd)
@@ -172,8 +181,8 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd): keys are stored already rotated
         y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hd)  # heads side by side again
+        return self.resid_drop(self.c_proj(y))
 
 
 def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
@@ -192,10 +201,10 @@ class SwiGLU(nn.Module):
         self.up = nn.Linear(n_embd, hidden, bias=False)
         self.down = nn.Linear(hidden, n_embd, bias=False)
         self.down.residual_branch_end = True
-        self.dropout = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
 class Block(nn.Module):
@@ -231,19 +240,15 @@ class ModernGPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # N(0, 0.02) as GPT-2; the Linear that ends each residual branch is scaled by
-        # 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "residual_branch_end", False):
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        # N(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
+        # residual stream's variance does not grow with depth
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) -> logits (B, T, vocab_size), and with targets (B, T; -100 ignored) the mean
-        cross-entropy. With `cache` (new_cache()) idx continues the cached positions."""
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets
+        (B, T; -100 is ignored) when given. With `cache` (new_cache()) idx continues the cached positions."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -259,19 +264,16 @@ class ModernGPT(nn.Module):
 
     def new_cache(self, batch_size):
         """An empty KV cache (one KVCache per layer, n_kv_head heads each) as long as the context."""
-        c = self.config
-        w = self.wte.weight
-        return [KVCache(batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
-                for _ in range(c.n_layer)]
+        config, w = self.config, self.wte.weight
+        head_dim = self.h[0].attn.head_dim
+        return [KVCache(batch_size, config.n_kv_head, config.block_size, head_dim, w.device, w.dtype)
+                for _ in range(config.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Append max_new_tokens tokens to idx (B, T). temperature 0 is greedy decoding.
-
-        With the cache each new token costs one position's worth of compute; once the
-        context is full the window slides and the cache is rebuilt from the last
-        block_size - 1 tokens, exactly what the cache-less path computes.
-        """
+        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. With the cache a new token
+        costs one position's compute; once the context is full the window slides and the cache is rebuilt
+        from the last block_size - 1 tokens, exactly what the cache-less path computes."""
         block_size = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -290,10 +292,8 @@ class ModernGPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices and embeddings only (not on norm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")  # fused AdamW kernels exist for these devices
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
@@ -303,13 +303,11 @@ class ModernGPT(nn.Module):
         return {"total": total, "active": total}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without
-        an untied embedding table, a lookup) plus 12 * n_layer * n_embd * seq_len for attention."""
-        c = self.config
-        n_matmul = self.param_counts()["active"]
-        if not c.tie_embeddings:
-            n_matmul -= self.wte.weight.numel()
-        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * seq_len
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without an
+        untied embedding table, a lookup) + 12 * n_layer * (n_head * head_dim) * seq_len for attention."""
+        config = self.config
+        n_matmul = self.param_counts()["active"] - (0 if config.tie_embeddings else self.wte.weight.numel())
+        return 6 * n_matmul + 12 * config.n_layer * config.n_head * self.h[0].attn.head_dim * seq_len
 
 
 Config, Model = ModernGPTConfig, ModernGPT  # the names train.py looks for in every model file
@@ -335,42 +333,42 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
 
 # ----------------------------------------------------------------------------- tokenizers and data
 
-def gpt2_encoding(path=os.path.join(DATA_DIR, "gpt2.tiktoken")):
-    """GPT-2's BPE as a tiktoken Encoding, built from the ranks file with no network access.
-    Each line of gpt2.tiktoken is `base64(token bytes) rank`; <|endoftext|> (50256) is added."""
-    if not os.path.exists(path):
-        return tiktoken.get_encoding("gpt2")  # downloads the ranks once, then caches them
-    with open(path, "rb") as f:
-        ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
-    return tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-    )
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gpt2.tiktoken")
 
 
 class Tokenizer:
-    """GPT-2 BPE (kind "gpt2") or characters (kind "char", vocabulary = `chars`, in id order).
+    """Text <-> token ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, its ranks read from
+    data/gpt2.tiktoken (lines of base64(token bytes) and rank: no network); "bpe": a BPE learned from the
+    corpus by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs are byte-level, split text
+    with GPT-2's pattern and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds it."""
 
-    `state()` is what a checkpoint stores to rebuild the same tokenizer: Tokenizer(**state)."""
-
-    def __init__(self, kind="gpt2", chars=None):
-        self.kind = kind
+    def __init__(self, kind="gpt2", chars="", merges=()):
+        self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
+        self.char_to_id = {ch: i for i, ch in enumerate(chars)}
         if kind == "gpt2":
-            self.bpe = gpt2_encoding()
-            self.vocab_size = self.bpe.n_vocab
-        elif kind == "char":
-            if not chars:
-                raise ValueError("a char tokenizer needs its vocabulary (the characters of the corpus)")
-            self.chars = chars
-            self.char_to_id = {ch: i for i, ch in enumerate(chars)}
-            self.vocab_size = len(chars)
-        else:
-            raise ValueError(f"unknown tokenizer {kind!r}: use gpt2 or char")
+            if not os.path.exists(GPT2_RANKS):
+                raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs nanodecoder's data/gpt2.tiktoken "
+                                        "in a data/ folder beside the model file")
+            with open(GPT2_RANKS, "rb") as f:
+                lines = [line.split() for line in f if line.strip()]
+            ranks = {base64.b64decode(token): int(rank) for token, rank in lines}
+        elif kind == "bpe":
+            tokens = [bytes([b]) for b in range(256)]
+            for a, b in self.merges:
+                tokens.append(tokens[a] + tokens[b])
+            ranks = {token: rank for rank, token in enumerate(tokens)}
+        elif kind != "char":
+            raise ValueError(f"unknown tokenizer {kind!r}: use char, gpt2 or bpe")
+        if kind != "char":
+            self.bpe = tiktoken.Encoding(kind, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                         special_tokens={"<|endoftext|>": len(ranks)})
+        self.vocab_size = len(chars) if kind == "char" else self.bpe.n_vocab
+        if not 1 <= self.vocab_size <= 65536:  # token files and caches hold uint16 ids
+            raise ValueError(f"a {kind} tokenizer of {self.vocab_size} tokens: 1 to 65,536 are possible")
 
     def encode(self, text):
-        if self.kind == "gpt2":
+        if self.kind != "char":
             return self.bpe.encode_ordinary(text)
         unknown = set(text) - self.char_to_id.keys()
         if unknown:
@@ -378,54 +376,38 @@ class Tokenizer:
         return [self.char_to_id[ch] for ch in text]
 
     def decode(self, ids):
-        if self.kind == "gpt2":
-            return self.bpe.decode(list(ids))
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self.chars[i] for i in ids) if self.kind == "char" else self.bpe.decode(list(ids))
 
     def state(self):
-        return {"kind": "gpt2"} if self.kind == "gpt2" else {"kind": "char", "chars": self.chars}
+        return {"kind": self.kind, "chars": self.chars, "merges": self.merges}
 
 
-def load_dataset(path, tokenizer_kind="gpt2", chars=None):
-    """(train_ids, val_ids, tokenizer) from a text file, split 90/10, or from a folder with
-    nanoGPT-style train.bin and val.bin (uint16 GPT-2 ids, used as they are). A char vocabulary
-    is the corpus's sorted character set unless `chars` (e.g. from a checkpoint) is given."""
+def load_dataset(path, tokenizer=None):
+    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids,
+    used as they are), or from a UTF-8 text file whose first 90% of characters are for training and last 10%
+    for validation, encoded with `tokenizer` (default: one id per character of the text). BPE ids are cached
+    as uint16 in <path>.<kind>-<vocab size>-<checksum>.npz while it is newer than the text."""
     if os.path.isdir(path):
         bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
-        missing = [b for b in bins if not os.path.exists(b)]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]} not found: a data folder needs train.bin and val.bin")
-        if tokenizer_kind != "gpt2":
-            raise ValueError(f"{path} holds GPT-2 token ids (train.bin/val.bin): use --tokenizer gpt2")
         train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
         return train, val, Tokenizer("gpt2")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path} not found: pass --data with a text file or a train.bin/val.bin folder")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if tokenizer_kind == "char":  # encoding characters is a table lookup: no cache needed
-        tokenizer = Tokenizer("char", chars or "".join(sorted(set(text))))
-        ids = np.array(tokenizer.encode(text), dtype=np.uint16)
-    else:
-        tokenizer = Tokenizer(tokenizer_kind)
-        ids = cached_bpe_ids(path, text, tokenizer)
-    n_train = int(0.9 * len(ids))
-    return ids[:n_train], ids[n_train:], tokenizer
-
-
-def cached_bpe_ids(path, text, tokenizer):
-    """GPT-2 ids of `text`, kept as uint16 in `<path>.gpt2.bin` next to the text file (while newer
-    than it) so a corpus is tokenized once; a read-only folder just means tokenizing every time."""
-    cache = path + ".gpt2.bin"
-    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
-        return np.fromfile(cache, dtype=np.uint16)
-    ids = np.array(tokenizer.encode(text), dtype=np.uint16)  # GPT-2's 50,257 ids fit in 16 bits
-    try:
-        ids.tofile(cache + ".tmp")
-        os.replace(cache + ".tmp", cache)  # atomic: a reader never sees half a file
-    except OSError:
-        pass
-    return ids
+    train_text, val_text = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
+    tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
+    # the merges' checksum tells two learned BPEs of one size apart
+    cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
+    if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+        with np.load(cache) as saved:
+            return saved["train"], saved["val"], tokenizer
+    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (train_text, val_text))
+    if tokenizer.kind != "char":  # characters are a table lookup: no cache needed
+        try:
+            np.savez(cache + ".tmp.npz", train=train, val=val)
+            os.replace(cache + ".tmp.npz", cache)  # atomic: a reader never sees half a file
+        except OSError:
+            pass  # a read-only folder: tokenize every time
+    return train, val, tokenizer
 
 
 def get_batch(data, batch_size, block_size, generator, device="cpu"):
@@ -442,27 +424,31 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def load_checkpoint(path, device="cpu"):
-    """The model (eval mode) and tokenizer stored by train.py at `path`; only tensors and
-    plain Python values are read (torch.load(weights_only=True)), nothing is unpickled."""
-    if not os.path.exists(path):
+    """(model in eval mode, tokenizer, checkpoint dict) from a file train.py saved. weights_only=True:
+    torch.load reads tensors and plain values, nothing else in the file is unpickled."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if ckpt.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{path} holds a {ckpt.get('model_type')!r} model, not {MODEL_TYPE!r}: use that model's file")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, empty or not a checkpoint: torch.load has many ways to say so
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}): was it cut short?") from err
+    model_type = ckpt.get("model_type") if isinstance(ckpt, dict) else None
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"{path} holds a {model_type!r} model, not a {MODEL_TYPE!r} one: use that model's file")
     model = Model(Config(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"])
+    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"]), ckpt
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Sample from a modern GPT checkpoint, or from random weights.")
-    parser.add_argument("--ckpt", help="checkpoint written by train.py (default: random init of --preset)")
+    parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.")
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights of --preset)")
     parser.add_argument("--preset", default="cpu", choices=PRESETS)
     parser.add_argument("--prompt", default="\n")
     parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.8)  # 0 = greedy
     parser.add_argument("--top_k", type=int, default=200)
-    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--top_p", type=float)
     parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -470,20 +456,19 @@ def main():
     torch.manual_seed(args.seed)
     try:
         if args.ckpt:
-            model, tokenizer = load_checkpoint(args.ckpt, args.device)
+            model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
         else:
-            tokenizer = Tokenizer("gpt2")
-            model = Model(Config(**PRESETS[args.preset])).to(args.device).eval()
+            model, tokenizer = Model(Config(**PRESETS[args.preset])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}")
-    counts = model.param_counts()
-    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters, {model.config}")
+        if not prompt:
+            raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    for row in out.tolist():
-        print(tokenizer.decode(row))
-        print("-" * 40)
+    for row in model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p).tolist():
+        print(tokenizer.decode(row), "-" * 40, sep="\n")
 
 
 if __name__ == "__main__":

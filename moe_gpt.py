@@ -1,27 +1,26 @@
 """
-moe_gpt.py - a mixture-of-experts GPT in one file: modern_gpt.py with a DeepSeekMoE feed-forward.
+moe_gpt.py - a mixture-of-experts GPT in one file: modern_gpt.py with DeepSeekMoE feed-forward layers.
 
-From block `first_dense_layers` on, the SwiGLU is replaced by DeepSeekMoE (arXiv 2401.06066):
+From block `first_dense_layers` on, the SwiGLU becomes DeepSeekMoE (arXiv 2401.06066): shared experts plus
+the top-k of many fine-grained routed experts. The file is the MoE toolkit: softmax or sigmoid gates
+(DeepSeek-V3, arXiv 2412.19437), Switch's balancing loss (arXiv 2101.03961), router z-loss (ST-MoE, arXiv
+2202.08906), V3's bias balancing, sequence-wise loss and route scaling, GShard capacity (arXiv 2006.16668),
+router noise, dispatch by sorting tokens by expert. Qwen3-MoE checkpoints load into it (load_hf.py).
+docs/moe_gpt.md explains each option, and which of them mla_moe.py and fgram_moe.py keep.
 
-    h = x + sum_{shared i} FFN_i(x) + sum_{routed i} g_i(x) FFN_i(x)     (DeepSeekMoE eq. 9)
+    python train.py --model_type moegpt --max_steps 1000         # nanoGPT's char-level CPU recipe, shorter
+    python moe_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"       # sample from a checkpoint
+    python moe_gpt.py                                            # sizes + a sample from random weights
 
-with fine-grained segmentation (§3.1), softmax or sigmoid gates (DeepSeek-V3, arXiv 2412.19437),
-Switch's balancing loss (arXiv 2101.03961), the router z-loss (ST-MoE, arXiv 2202.08906), V3's
-auxiliary-loss-free bias, sequence-wise loss and route scaling, dropless or GShard capacity
-(arXiv 2006.16668), and dispatch by sorting assignments by expert: no token loop, no one-hot tensors.
-
-Run it:
-    python train.py --model_type moegpt --tokenizer char       # nanoGPT's CPU Shakespeare recipe
-    python moe_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"     # sample from a checkpoint
-    python moe_gpt.py                                          # sizes + a sample from random weights
-
-The file imports only torch, numpy, tiktoken and the standard library: copy it
-together with data/gpt2.tiktoken into another project and it works.
+Imports only torch, numpy, tiktoken and the standard library; GPT-2's BPE also needs data/gpt2.tiktoken
+in a data/ folder beside this file.
 """
 import argparse
 import base64
 import math
 import os
+import sys
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +31,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MODEL_TYPE = "moegpt"
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 @dataclass
@@ -40,27 +38,28 @@ class MoEGPTConfig:
     block_size: int = 1024  # longest context; length of the rotary tables and the KV cache
     vocab_size: int = 50257  # GPT-2 BPE: 256 bytes + 50,000 merges + <|endoftext|>
     n_layer: int = 12  # number of Transformer blocks
-    n_head: int = 12  # query heads; n_embd must be a multiple of it
+    n_head: int = 12  # query heads
     n_kv_head: int = 12  # key/value heads, shared by n_head / n_kv_head query heads each (1 = multi-query)
     n_embd: int = 768  # width of the residual stream
+    head_dim: int = 0  # size of each head; 0 = n_embd / n_head (Qwen3 sets it apart)
     mlp_hidden: int = 0  # SwiGLU hidden size before rounding; 0 = 8/3 n_embd (the 4C GELU MLP's parameters)
     multiple_of: int = 64  # the SwiGLU hidden size is rounded up to a multiple of this (fast matmuls)
     rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
-    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotation
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotation (Qwen3)
     tie_embeddings: bool = True  # the output head shares its weight with the token embedding
     norm_eps: float = 1e-5  # added to the mean square in RMSNorm
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches
-    # mixture of experts; counts before fine-grained segmentation (N, K and K_s in DeepSeekMoE)
+    dropout: float = 0.0  # probability, on embeddings, attention weights and residual branches
+    # mixture of experts; expert counts before fine-grained segmentation (DeepSeekMoE's N, K and K_s)
     n_routed_experts: int = 8  # experts the router chooses from
     top_k: int = 1  # routed experts per token
     n_shared_experts: int = 1  # experts every token goes through, with weight 1 (0 = none)
     granularity: int = 2  # m: each expert split into m of hidden/m; m*N routed, m*K chosen, m*K_s shared
-    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = dense SwiGLU's // (K + K_s)
+    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = dense SwiGLU's / (K + K_s)
     first_dense_layers: int = 0  # leading blocks that keep the dense SwiGLU
-    gate: str = "softmax"  # "softmax" (DeepSeekMoE) or "sigmoid" (DeepSeek-V3) expert scores
-    renormalize: bool = True  # divide the chosen experts' scores by their sum (only when m*K > 1)
-    router_noise: float = 0.0  # training only: router input times U(1 - eps, 1 + eps) (Switch jitter)
-    aux_loss_weight: float = 0.01  # Switch load-balancing loss N * sum_i f_i P_i, summed over layers
+    gate: str = "softmax"  # "softmax" (DeepSeekMoE, Qwen3-MoE) or "sigmoid" (DeepSeek-V3) expert scores
+    renormalize: bool = True  # divide the chosen experts' scores by their sum (with top-1: every weight 1)
+    router_noise: float = 0.0  # training only: router input times U(1 - eps, 1 + eps) (Switch's jitter)
+    aux_loss_weight: float = 0.01  # Switch load-balancing loss E * sum_i f_i P_i, summed over layers
     z_loss_weight: float = 0.001  # ST-MoE router z-loss mean(logsumexp(logits)^2), summed over layers
     seq_aux_loss_weight: float = 0.0  # DeepSeek-V3 sequence-wise balancing loss (eq. 17), summed over layers
     routed_scaling_factor: float = 1.0  # DeepSeek-V3: the chosen routed experts' weights are multiplied by this
@@ -91,16 +90,20 @@ class RMSNorm(nn.Module):
         return (normed * self.weight.float()).type_as(x)
 
 
+def rope_frequencies(config, head_dim):
+    """The rotation speed of each channel pair, theta^(-2i/hd) (RoFormer eq. 15), (hd/2,)."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
+    return config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+
+
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a
-    query or key at position p is rotated by p * theta^(-2i/hd), so q . k depends on the offset only.
+    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a query
+    or key at position p is rotated by the angle p * inv_freq[i], so q . k depends on the offset only.
     Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
 
-    def __init__(self, head_dim, max_len, theta=10000.0):
+    def __init__(self, inv_freq, max_len):
         super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
-        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -115,10 +118,7 @@ class RotaryEmbedding(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, for one attention layer.
-
-    Preallocated as (B, n_head, max_len, head_dim); `pos` counts the filled positions.
-    """
+    """One attention layer's keys and values so far, (B, n_head, max_len, head_dim); `pos` are filled."""
 
     def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
@@ -134,18 +134,18 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout_p):
+def causal_attention(q, k, v, dropout):
     """softmax(q k^T / sqrt(hd)) v, query i seeing keys up to its own position. q (B, nh, t, hd) holds
     the last t positions, k and v (B, n_kv, S, hd) all S; each nh / n_kv query heads share a k, v head."""
     t, S = q.size(2), k.size(2)
     grouped = k.size(1) != q.size(1)
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=grouped)
     if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=grouped)
     # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
     mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=grouped)
 
 
 class CausalSelfAttention(nn.Module):
@@ -153,22 +153,23 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
-            raise ValueError(f"n_embd {config.n_embd} must be a multiple of n_head {config.n_head}, "
-                             f"and n_head a multiple of n_kv_head {config.n_kv_head}")
+        if config.n_head % config.n_kv_head or (not config.head_dim and config.n_embd % config.n_head):
+            raise ValueError(f"n_head {config.n_head} must be a multiple of n_kv_head {config.n_kv_head}, "
+                             f"and n_embd {config.n_embd} of n_head unless head_dim is given")
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
-        self.head_dim = config.n_embd // config.n_head
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=False)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.head_dim = config.head_dim or config.n_embd // config.n_head
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.c_attn = nn.Linear(config.n_embd, q_size + 2 * kv_size, bias=False)
+        self.c_proj = nn.Linear(q_size, config.n_embd, bias=False)
         self.c_proj.residual_branch_end = True  # see _init_weights
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
-        self.rotary = RotaryEmbedding(self.head_dim, config.block_size, config.rope_theta)
+        self.rotary = RotaryEmbedding(rope_frequencies(config, self.head_dim), config.block_size)
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(self, x, cache=None):
-        B, T, C = x.shape
+        B, T, _ = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
         # split into heads and move heads next to batch: q (B, nh, T, hd), k and v (B, n_kv, T, hd)
@@ -181,8 +182,8 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd): keys are stored already rotated
         y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hd)  # heads side by side again
+        return self.resid_drop(self.c_proj(y))
 
 
 def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
@@ -201,26 +202,19 @@ class SwiGLU(nn.Module):
         self.up = nn.Linear(n_embd, hidden, bias=False)
         self.down = nn.Linear(hidden, n_embd, bias=False)
         self.down.residual_branch_end = True
-        self.dropout = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
 # ----------------------------------------------------------------------------- mixture of experts
-# Router, grouped_mm_dtype, Experts, MoE and Block are one block (using SwiGLU and swiglu_hidden
-# above) that other model files copy whole. MoE keeps the batch's auxiliary losses and statistics
-# on the layer, for the model to add and to log.
+# MoE keeps the batch's auxiliary losses and statistics on the layer, for the model to add and to log.
 
 class Router(nn.Module):
-    """Scores each token against every routed expert in float32 and chooses top_k of them.
-
-    Scores s: softmax over all experts (DeepSeekMoE eq. 5), taken before choosing, so the router
-    learns from the LM loss even with top-1; or sigmoid per expert (DeepSeek-V3 eq. 15). Experts
-    are chosen by s + bias (V3 eq. 16: a balancing buffer, not trained) and weighted by s,
-    renormalised to sum 1 when `renormalize` and top_k > 1 (for top-1 that weight would be a
-    constant 1), times routed_scaling_factor (V3; 1 = off).
-    """
+    """Scores s of each token for every routed expert, in float32: softmax over all experts (DeepSeekMoE
+    eq. 5) or sigmoid (DeepSeek-V3 eq. 15). Chooses top_k by s + bias (V3 eq. 16, a balancing buffer) and
+    weighs them by s, renormalised when `renormalize` (V3 eq. 13), times routed_scaling_factor."""
 
     def __init__(self, config, n_experts, top_k):
         super().__init__()
@@ -241,15 +235,14 @@ class Router(nn.Module):
         scores = logits.softmax(dim=-1) if self.gate == "softmax" else logits.sigmoid()
         experts = torch.topk(scores.detach() + self.bias, self.top_k, dim=-1).indices
         weights = scores.gather(1, experts)
-        if self.renormalize and self.top_k > 1:
+        if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return experts, self.scaling * weights, logits, scores
 
 
 def grouped_mm_dtype(x, *weights):
-    """The dtype in which F.grouped_mm (where this PyTorch has it) can run the experts on x, or None
-    to loop over the experts: x's dtype on CPU; bfloat16 on CUDA GPUs of compute capability 8.0+,
-    under bf16 autocast; bfloat16 only under torch.compile; rows of 16-byte multiples always."""
+    """The dtype F.grouped_mm can run the experts in, or None to loop over them: x's on CPU, bfloat16 on
+    CUDA GPUs of capability 8.0+ under bf16 autocast; bfloat16 only under torch.compile; 16-byte rows."""
     if not hasattr(F, "grouped_mm"):
         return None
     if x.device.type == "cpu":
@@ -291,17 +284,14 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
-    """DeepSeekMoE feed-forward (arXiv 2401.06066 eqs. 9-11): shared experts plus the top-k routed.
-
-    Granularity m (§3.1): m*N routed experts of hidden/m, m*K chosen, m*K_s shared, so expert
-    parameters, total and active, stay the same. The shared experts (weight 1) run as one SwiGLU
-    of K_s * hidden units: the same sum in one matmul.
-    """
+    """DeepSeekMoE (arXiv 2401.06066 eqs. 9-11): shared experts plus the top-k routed ones. Granularity m
+    (§3.1) makes m*N routed experts of hidden/m, m*K chosen: the same parameters, total and active. The
+    shared experts (weight 1) run as one SwiGLU of K_s * hidden units, the same sum in one matmul."""
 
     def __init__(self, config):
         super().__init__()
-        m, c = config.granularity, config.n_embd
-        dense_hidden = swiglu_hidden(c, config.mlp_hidden, config.multiple_of)
+        m, n_embd = config.granularity, config.n_embd
+        dense_hidden = swiglu_hidden(n_embd, config.mlp_hidden, config.multiple_of)
         hidden = config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts)
         if m < 1 or hidden % m:
             raise ValueError(f"granularity {m} must be >= 1 and divide the expert hidden size {hidden}")
@@ -311,14 +301,14 @@ class MoE(nn.Module):
         self.capacity_factor, self.bias_update_rate = config.capacity_factor, config.bias_update_rate
         self.seq_aux_loss_on = config.seq_aux_loss_weight > 0
         self.router = Router(config, self.n_experts, self.top_k)
-        self.experts = Experts(self.n_experts, c, hidden // m, config.n_layer)
-        self.shared = SwiGLU(c, config.n_shared_experts * hidden) if config.n_shared_experts else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.experts = Experts(self.n_experts, n_embd, hidden // m, config.n_layer)
+        self.shared = SwiGLU(n_embd, config.n_shared_experts * hidden) if config.n_shared_experts else None
+        self.drop = nn.Dropout(config.dropout)
         self.stats, self.counts = {}, None  # counts: assignments per expert since the last update_bias
 
     def forward(self, x):
         B, T, C = x.shape
-        x = x.reshape(B * T, C)  # (N, C): each token is routed on its own
+        x = x.reshape(B * T, C)  # (N, C): N tokens, each routed on its own
         N, k, E = B * T, self.top_k, self.n_experts
         experts, weights, logits, scores = self.router(x)  # (N, k), (N, k), (N, E), (N, E)
         # assignment a is token a // k's choice a % k; sorting them by expert (stably: token order
@@ -337,14 +327,13 @@ class MoE(nn.Module):
         if self.shared is not None:
             out = out + self.shared(x)
         self.record(experts.view(B, T * k), counts, order.numel(), logits, scores)
-        return self.dropout(out).view(B, T, C).type_as(x)
+        return self.drop(out).view(B, T, C).type_as(x)
 
     def record(self, experts, counts, n_kept, logits, scores):
-        """The balancing losses (unweighted, with gradients) and stats of this batch, experts (B, T*k).
-        Switch's loss (arXiv 2101.03961 eq. 4; top-k: DeepSeekMoE eq. 12) is E * sum_i f_i P_i, f_i the
-        share of assignments to expert i and P_i its mean score (sigmoid scores normalised per token):
-        1 for uniform routing. DeepSeek-V3's sequence-wise loss (eqs. 17-20) is the same within each
-        sequence, averaged over sequences. ST-MoE's z-loss: arXiv 2202.08906 eq. 5."""
+        """This batch's balancing losses (unweighted, with gradients) and stats; experts is (B, T*k).
+        Switch's loss (eq. 4; DeepSeekMoE eq. 12 for top-k): E * sum_i f_i P_i, f_i the share of assignments
+        to expert i, P_i its mean score; 1 when uniform. V3's sequence-wise loss (eqs. 17-20) is the same per
+        sequence, averaged. ST-MoE's z-loss: its eq. 5."""
         E = self.n_experts
         load = counts.float() / counts.sum()
         probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
@@ -355,18 +344,17 @@ class MoE(nn.Module):
         if self.seq_aux_loss_on:
             B, Tk = experts.shape
             ones = torch.ones_like(experts, dtype=torch.float)
-            seq_load = torch.zeros(B, E, device=experts.device).scatter_add_(1, experts, ones) / Tk  # (B, E): eq. 18 / E
-            seq_probs = probs.view(B, -1, E).mean(dim=1)  # (B, E): P_i, eqs. 19-20
-            self.seq_aux_loss = E * (seq_load * seq_probs).sum(dim=-1).mean()
+            seq_load = torch.zeros(B, E, device=experts.device).scatter_add_(1, experts, ones) / Tk  # (B, E)
+            seq_probs = probs.view(B, -1, E).mean(dim=1)  # (B, E): P_i of eqs. 19-20
+            self.seq_aux_loss = E * (seq_load * seq_probs).sum(dim=-1).mean()  # eq. 17, f_i of eq. 18
             self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
         if self.training and self.bias_update_rate > 0:
             self.counts = counts.float() if self.counts is None else self.counts + counts
 
     @torch.no_grad()
     def update_bias(self):
-        """DeepSeek-V3's auxiliary-loss-free balancing (arXiv 2412.19437 §2.1.2), after an optimizer
-        step: bias_i += rate * sign(mean load - load_i), the loads counted since the last update and
-        summed over ranks first, so every rank takes the same step."""
+        """DeepSeek-V3's auxiliary-loss-free balancing (§2.1.2), called after each optimizer step:
+        bias_i += rate * sign(mean load - load_i), loads since the last step summed over all ranks."""
         if self.counts is None:
             return
         if dist.is_available() and dist.is_initialized():
@@ -409,21 +397,16 @@ class MoEGPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # N(0, 0.02) as GPT-2; the Linear that ends each residual branch is scaled by
-        # 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
-        # (Router and Experts initialise their own weights the same way.)
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "residual_branch_end", False):
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        # N(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
+        # residual stream's variance does not grow with depth (Router and Experts init their own weights)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) -> logits (B, T, vocab_size), and with targets (B, T; -100 ignored) the mean
-        cross-entropy, plus in training only the weighted MoE losses. With `cache` (new_cache())
-        idx continues the cached positions."""
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets
+        (B, T; -100 is ignored) when given, plus in training the weighted MoE losses. With `cache`
+        (new_cache()) idx continues the cached positions."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -436,45 +419,28 @@ class MoEGPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             if self.training:
-                c = self.config
                 for moe in self.moe_layers():
-                    loss = loss + c.aux_loss_weight * moe.aux_loss + c.z_loss_weight * moe.z_loss
-                    if c.seq_aux_loss_weight > 0:
-                        loss = loss + c.seq_aux_loss_weight * moe.seq_aux_loss
+                    loss = loss + self.config.aux_loss_weight * moe.aux_loss + self.config.z_loss_weight * moe.z_loss
+                    if moe.seq_aux_loss_on:
+                        loss = loss + self.config.seq_aux_loss_weight * moe.seq_aux_loss
         return logits, loss
 
     def moe_layers(self):
+        """The MoE layers, whose stats train.py logs and whose update_bias it calls after each step."""
         return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
-
-    def moe_stats(self):
-        """The last batch's routing, for train.py's log: the balancing losses and dropped share (means
-        over MoE layers), and expert_load, MoE layers x experts, share of assignments."""
-        layers = [moe.stats for moe in self.moe_layers() if moe.stats]
-        if not layers:
-            return {}
-        stats = {name: sum(float(s[name]) for s in layers) / len(layers) for name in layers[0] if name != "load"}
-        return {**stats, "expert_load": [s["load"].tolist() for s in layers]}
-
-    def update_balance_bias(self):
-        """After each optimizer step: nudge every MoE router's bias toward uniform load."""
-        for moe in self.moe_layers():
-            moe.update_bias()
 
     def new_cache(self, batch_size):
         """An empty KV cache (one KVCache per layer, n_kv_head heads each) as long as the context."""
-        c = self.config
-        w = self.wte.weight
-        return [KVCache(batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
-                for _ in range(c.n_layer)]
+        config, w = self.config, self.wte.weight
+        head_dim = self.h[0].attn.head_dim
+        return [KVCache(batch_size, config.n_kv_head, config.block_size, head_dim, w.device, w.dtype)
+                for _ in range(config.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Append max_new_tokens tokens to idx (B, T). temperature 0 is greedy decoding.
-
-        With the cache each new token costs one position's worth of compute; once the
-        context is full the window slides and the cache is rebuilt from the last
-        block_size - 1 tokens, exactly what the cache-less path computes.
-        """
+        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. With the cache a new token
+        costs one position's compute; once the context is full the window slides and the cache is rebuilt
+        from the last block_size - 1 tokens, exactly what the cache-less path computes."""
         block_size = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -493,10 +459,8 @@ class MoEGPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices and embeddings only (not on norm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")  # fused AdamW kernels exist for these devices
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
@@ -509,13 +473,11 @@ class MoEGPT(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without
-        an untied embedding table, a lookup) plus 12 * n_layer * n_embd * seq_len for attention."""
-        c = self.config
-        n_matmul = self.param_counts()["active"]
-        if not c.tie_embeddings:
-            n_matmul -= self.wte.weight.numel()
-        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * seq_len
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without an
+        untied embedding table, a lookup) + 12 * n_layer * (n_head * head_dim) * seq_len for attention."""
+        config = self.config
+        n_matmul = self.param_counts()["active"] - (0 if config.tie_embeddings else self.wte.weight.numel())
+        return 6 * n_matmul + 12 * config.n_layer * config.n_head * self.h[0].attn.head_dim * seq_len
 
 
 Config, Model = MoEGPTConfig, MoEGPT  # the names train.py looks for in every model file
@@ -541,42 +503,42 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
 
 # ----------------------------------------------------------------------------- tokenizers and data
 
-def gpt2_encoding(path=os.path.join(DATA_DIR, "gpt2.tiktoken")):
-    """GPT-2's BPE as a tiktoken Encoding, built from the ranks file with no network access.
-    Each line of gpt2.tiktoken is `base64(token bytes) rank`; <|endoftext|> (50256) is added."""
-    if not os.path.exists(path):
-        return tiktoken.get_encoding("gpt2")  # downloads the ranks once, then caches them
-    with open(path, "rb") as f:
-        ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
-    return tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-    )
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gpt2.tiktoken")
 
 
 class Tokenizer:
-    """GPT-2 BPE (kind "gpt2") or characters (kind "char", vocabulary = `chars`, in id order).
+    """Text <-> token ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, its ranks read from
+    data/gpt2.tiktoken (lines of base64(token bytes) and rank: no network); "bpe": a BPE learned from the
+    corpus by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs are byte-level, split text
+    with GPT-2's pattern and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds it."""
 
-    `state()` is what a checkpoint stores to rebuild the same tokenizer: Tokenizer(**state)."""
-
-    def __init__(self, kind="gpt2", chars=None):
-        self.kind = kind
+    def __init__(self, kind="gpt2", chars="", merges=()):
+        self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
+        self.char_to_id = {ch: i for i, ch in enumerate(chars)}
         if kind == "gpt2":
-            self.bpe = gpt2_encoding()
-            self.vocab_size = self.bpe.n_vocab
-        elif kind == "char":
-            if not chars:
-                raise ValueError("a char tokenizer needs its vocabulary (the characters of the corpus)")
-            self.chars = chars
-            self.char_to_id = {ch: i for i, ch in enumerate(chars)}
-            self.vocab_size = len(chars)
-        else:
-            raise ValueError(f"unknown tokenizer {kind!r}: use gpt2 or char")
+            if not os.path.exists(GPT2_RANKS):
+                raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs nanodecoder's data/gpt2.tiktoken "
+                                        "in a data/ folder beside the model file")
+            with open(GPT2_RANKS, "rb") as f:
+                lines = [line.split() for line in f if line.strip()]
+            ranks = {base64.b64decode(token): int(rank) for token, rank in lines}
+        elif kind == "bpe":
+            tokens = [bytes([b]) for b in range(256)]
+            for a, b in self.merges:
+                tokens.append(tokens[a] + tokens[b])
+            ranks = {token: rank for rank, token in enumerate(tokens)}
+        elif kind != "char":
+            raise ValueError(f"unknown tokenizer {kind!r}: use char, gpt2 or bpe")
+        if kind != "char":
+            self.bpe = tiktoken.Encoding(kind, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                         special_tokens={"<|endoftext|>": len(ranks)})
+        self.vocab_size = len(chars) if kind == "char" else self.bpe.n_vocab
+        if not 1 <= self.vocab_size <= 65536:  # token files and caches hold uint16 ids
+            raise ValueError(f"a {kind} tokenizer of {self.vocab_size} tokens: 1 to 65,536 are possible")
 
     def encode(self, text):
-        if self.kind == "gpt2":
+        if self.kind != "char":
             return self.bpe.encode_ordinary(text)
         unknown = set(text) - self.char_to_id.keys()
         if unknown:
@@ -584,54 +546,38 @@ class Tokenizer:
         return [self.char_to_id[ch] for ch in text]
 
     def decode(self, ids):
-        if self.kind == "gpt2":
-            return self.bpe.decode(list(ids))
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self.chars[i] for i in ids) if self.kind == "char" else self.bpe.decode(list(ids))
 
     def state(self):
-        return {"kind": "gpt2"} if self.kind == "gpt2" else {"kind": "char", "chars": self.chars}
+        return {"kind": self.kind, "chars": self.chars, "merges": self.merges}
 
 
-def load_dataset(path, tokenizer_kind="gpt2", chars=None):
-    """(train_ids, val_ids, tokenizer) from a text file, split 90/10, or from a folder with
-    nanoGPT-style train.bin and val.bin (uint16 GPT-2 ids, used as they are). A char vocabulary
-    is the corpus's sorted character set unless `chars` (e.g. from a checkpoint) is given."""
+def load_dataset(path, tokenizer=None):
+    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids,
+    used as they are), or from a UTF-8 text file whose first 90% of characters are for training and last 10%
+    for validation, encoded with `tokenizer` (default: one id per character of the text). BPE ids are cached
+    as uint16 in <path>.<kind>-<vocab size>-<checksum>.npz while it is newer than the text."""
     if os.path.isdir(path):
         bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
-        missing = [b for b in bins if not os.path.exists(b)]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]} not found: a data folder needs train.bin and val.bin")
-        if tokenizer_kind != "gpt2":
-            raise ValueError(f"{path} holds GPT-2 token ids (train.bin/val.bin): use --tokenizer gpt2")
         train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
         return train, val, Tokenizer("gpt2")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path} not found: pass --data with a text file or a train.bin/val.bin folder")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if tokenizer_kind == "char":  # encoding characters is a table lookup: no cache needed
-        tokenizer = Tokenizer("char", chars or "".join(sorted(set(text))))
-        ids = np.array(tokenizer.encode(text), dtype=np.uint16)
-    else:
-        tokenizer = Tokenizer(tokenizer_kind)
-        ids = cached_bpe_ids(path, text, tokenizer)
-    n_train = int(0.9 * len(ids))
-    return ids[:n_train], ids[n_train:], tokenizer
-
-
-def cached_bpe_ids(path, text, tokenizer):
-    """GPT-2 ids of `text`, kept as uint16 in `<path>.gpt2.bin` next to the text file (while newer
-    than it) so a corpus is tokenized once; a read-only folder just means tokenizing every time."""
-    cache = path + ".gpt2.bin"
-    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
-        return np.fromfile(cache, dtype=np.uint16)
-    ids = np.array(tokenizer.encode(text), dtype=np.uint16)  # GPT-2's 50,257 ids fit in 16 bits
-    try:
-        ids.tofile(cache + ".tmp")
-        os.replace(cache + ".tmp", cache)  # atomic: a reader never sees half a file
-    except OSError:
-        pass
-    return ids
+    train_text, val_text = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
+    tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
+    # the merges' checksum tells two learned BPEs of one size apart
+    cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
+    if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+        with np.load(cache) as saved:
+            return saved["train"], saved["val"], tokenizer
+    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (train_text, val_text))
+    if tokenizer.kind != "char":  # characters are a table lookup: no cache needed
+        try:
+            np.savez(cache + ".tmp.npz", train=train, val=val)
+            os.replace(cache + ".tmp.npz", cache)  # atomic: a reader never sees half a file
+        except OSError:
+            pass  # a read-only folder: tokenize every time
+    return train, val, tokenizer
 
 
 def get_batch(data, batch_size, block_size, generator, device="cpu"):
@@ -648,27 +594,31 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def load_checkpoint(path, device="cpu"):
-    """The model (eval mode) and tokenizer stored by train.py at `path`; only tensors and
-    plain Python values are read (torch.load(weights_only=True)), nothing is unpickled."""
-    if not os.path.exists(path):
+    """(model in eval mode, tokenizer, checkpoint dict) from a file train.py saved. weights_only=True:
+    torch.load reads tensors and plain values, nothing else in the file is unpickled."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if ckpt.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{path} holds a {ckpt.get('model_type')!r} model, not {MODEL_TYPE!r}: use that model's file")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, empty or not a checkpoint: torch.load has many ways to say so
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}): was it cut short?") from err
+    model_type = ckpt.get("model_type") if isinstance(ckpt, dict) else None
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"{path} holds a {model_type!r} model, not a {MODEL_TYPE!r} one: use that model's file")
     model = Model(Config(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"])
+    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"]), ckpt
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Sample from a MoE GPT checkpoint, or from random weights.")
-    parser.add_argument("--ckpt", help="checkpoint written by train.py (default: random init of --preset)")
+    parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.")
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights of --preset)")
     parser.add_argument("--preset", default="cpu", choices=PRESETS)
     parser.add_argument("--prompt", default="\n")
     parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.8)  # 0 = greedy
     parser.add_argument("--top_k", type=int, default=200)
-    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--top_p", type=float)
     parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -676,20 +626,19 @@ def main():
     torch.manual_seed(args.seed)
     try:
         if args.ckpt:
-            model, tokenizer = load_checkpoint(args.ckpt, args.device)
+            model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
         else:
-            tokenizer = Tokenizer("gpt2")
-            model = Model(Config(**PRESETS[args.preset])).to(args.device).eval()
+            model, tokenizer = Model(Config(**PRESETS[args.preset])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}")
-    counts = model.param_counts()
-    print(f"{MODEL_TYPE}: {counts['total'] / 1e6:.2f}M parameters ({counts['active'] / 1e6:.2f}M active),", model.config)
+        if not prompt:
+            raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    for row in out.tolist():
-        print(tokenizer.decode(row))
-        print("-" * 40)
+    for row in model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p).tolist():
+        print(tokenizer.decode(row), "-" * 40, sep="\n")
 
 
 if __name__ == "__main__":

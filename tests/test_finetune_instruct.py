@@ -3,6 +3,8 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,9 +12,76 @@ import torch
 import finetune_instruct as instruct
 import gpt
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "instruction-data.json")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "data", "instruction-data.json")
 E = 50256  # <|endoftext|>
 I = -100  # ignored target
+
+
+def run_script(*args):
+    """python *args from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def one_line_error(result):
+    """The single `error: ` line of a run refused for bad input (exit status 2, no traceback)."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def entries(n, **changes):
+    """n valid entries (input empty); changes={"3": {"output": None}} alters entry 3."""
+    made = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}"} for i in range(n)]
+    for number, change in changes.items():
+        made[int(number)].update(change)
+    return json.dumps(made)
+
+
+@pytest.mark.parametrize("content, expected", [
+    pytest.param("[1, 2, 3]", ": entry 0 is a number, not an object with instruction, input, output", id="not-objects"),
+    pytest.param(entries(12, **{"3": {"output": None}}), ": entry 3 has null as 'output': instruction, input and "
+                 'output must be strings (input may be "")', id="null-output"),
+    pytest.param(entries(12, **{"0": {"instruction": None}}), ": entry 0 has null as 'instruction'",
+                 id="null-instruction"),
+    pytest.param("[]", " holds 0 entries: the 85/10/5 split needs at least 10 to leave one in each of train, "
+                 "validation and test", id="empty-list"),
+    pytest.param(entries(5), " holds 5 entries: the 85/10/5 split needs at least 10", id="five-entries"),
+    pytest.param('[{"instruction": "Say hi.",', " is not UTF-8 JSON (Expecting property name", id="invalid-json"),
+    pytest.param('{"instruction": "Say hi.", "input": "", "output": "Hi."}', " holds an object: expected a list "
+                 "of entries", id="object"),
+])
+def test_unusable_data_is_refused_in_one_line_before_training(tmp_path, content, expected):
+    data = tmp_path / "bad.json"
+    data.write_text(content, encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_script("finetune_instruct.py", "--data", str(data), "--epochs", "1", "--max_new_tokens", "1",
+                        "--out_dir", str(out))
+    line = one_line_error(result)
+    assert line.startswith(f"error: {data}") and expected in line, line
+    assert result.stdout == "" and not out.exists()  # nothing trained, nothing written
+
+
+def test_entries_are_checked_where_they_are_read(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(entries(10, **{"2": {"input": ""}}))
+    assert [len(part) for part in instruct.split(instruct.read_entries(str(path)))] == [8, 1, 1]  # the fewest
+    path.write_text(entries(10, **{"2": {"input": None}}))
+    with pytest.raises(ValueError, match="entry 2 has null as 'input'"):
+        instruct.read_entries(str(path))
+    path.write_text(entries(10, **{"9": {"output": ["a"]}}))
+    with pytest.raises(ValueError, match="entry 9 has a list as 'output'"):
+        instruct.read_entries(str(path))
+    path.write_text(entries(9))
+    with pytest.raises(ValueError, match="holds 9 entries"):
+        instruct.read_entries(str(path))
+    path.write_bytes(b"\xff[]")
+    with pytest.raises(ValueError, match=f"^{path} is not UTF-8 JSON"):
+        instruct.read_entries(str(path))
+    for n in range(10, 5000):  # from 10 entries on every split is non-empty
+        assert all(instruct.split(list(range(n)))), n
 
 
 def test_alpaca_prompt_with_and_without_input():

@@ -1,5 +1,7 @@
 """finetune_spam.py: reading and balancing the real file, splits, padding, accuracy, an end-to-end run."""
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -9,7 +11,25 @@ import finetune_spam as spam
 import gpt
 import load_gpt2
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sms_spam.tsv")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "data", "sms_spam.tsv")
+
+
+def run_script(*args):
+    """python *args from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def one_line_error(result):
+    """The single `error: ` line of a run refused for bad input (exit status 2, no traceback)."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+FIVE_OF_EACH = "".join(f"ham\tsee you at {i}\nspam\tWIN prize {i} now\n" for i in range(5))  # the fewest usable
 
 
 def tiny_classifier(vocab_size=50257):
@@ -40,10 +60,48 @@ def test_split_70_10_20_covers_every_message_once():
 
 def test_quotes_and_tabs_inside_messages_are_kept(tmp_path):
     path = tmp_path / "sms.tsv"
-    path.write_text('ham\t"Hi," she said\nspam\tWIN "big" now\tcall\n\n', encoding="utf-8")
-    assert spam.read_sms_spam(str(path)) == [(0, '"Hi," she said'), (1, 'WIN "big" now\tcall')]
+    path.write_text('ham\t"Hi," she said\nspam\tWIN "big" now\tcall\n\n' + FIVE_OF_EACH, encoding="utf-8")
+    assert spam.read_sms_spam(str(path))[:2] == [(0, '"Hi," she said'), (1, 'WIN "big" now\tcall')]
     path.write_text("ham\tok\nspan\toops\n", encoding="utf-8")
     with pytest.raises(ValueError, match="line 2: expected 'ham' or 'spam'"):
+        spam.read_sms_spam(str(path))
+
+
+@pytest.mark.parametrize("content, expected", [
+    pytest.param("spam\tWIN now\n" * 8, "holds only spam messages: a classifier needs both ham and spam, "
+                 "at least 5 of each", id="one-class"),
+    pytest.param("", "holds no messages: each line is 'ham' or 'spam', a tab, then the message", id="empty"),
+    pytest.param("ham\tsee you\nspam\tWIN now\n", "holds 1 ham and 1 spam messages: too few for non-empty train, "
+                 "validation and test sets (70/10/20); it needs at least 5 of each", id="two-lines"),
+    pytest.param(FIVE_OF_EACH + "no tab here\n", "line 11: expected 'ham' or 'spam', a tab, then the message; "
+                 "found 'no tab here'", id="no-tab"),
+    pytest.param(FIVE_OF_EACH + "SPAM\tWIN\n", "line 11: expected 'ham' or 'spam'", id="unknown-label"),
+])
+def test_unusable_data_is_refused_in_one_line_before_training(tmp_path, content, expected):
+    data = tmp_path / "bad.tsv"
+    data.write_text(content, encoding="utf-8")
+    result = run_script("finetune_spam.py", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "c.pt"))
+    line = one_line_error(result)
+    assert line.startswith(f"error: {data}") and expected in line, line
+    assert result.stdout == "" and not (tmp_path / "c.pt").exists()  # nothing trained, nothing written
+
+
+def test_five_messages_of_each_class_are_the_fewest_that_split(tmp_path):
+    path = tmp_path / "sms.tsv"
+    path.write_text(FIVE_OF_EACH + "ham\tone more\n", encoding="utf-8")
+    examples = spam.read_sms_spam(str(path))
+    assert [len(part) for part in spam.split(spam.balance(examples, seed=0))] == [7, 1, 2]
+    path.write_text(FIVE_OF_EACH.replace("spam\tWIN prize 4 now\n", ""), encoding="utf-8")
+    with pytest.raises(ValueError, match="holds 5 ham and 4 spam messages: too few"):
+        spam.read_sms_spam(str(path))
+    for n in range(10, 2000, 2):  # every balanced set from 10 messages on splits into three non-empty parts
+        assert all(spam.split(list(range(n)))), n
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "sms.tsv"
+    path.write_bytes(b"ham\tcaf\xe9\n")
+    with pytest.raises(ValueError, match=f"^{path} is not UTF-8 text"):
         spam.read_sms_spam(str(path))
 
 
@@ -115,9 +173,11 @@ def test_end_to_end_on_a_subset_from_gpt2_weights(tmp_path, capsys):
     assert spam.load_classifier(out).lm_head.out_features == 2
 
 
-def test_char_level_checkpoint_is_refused(tmp_path):
+def test_char_level_checkpoint_is_refused(tmp_path, capsys):
     model = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=8))
     torch.save({"model_type": "gpt", "config": vars(model.config), "model": model.state_dict(),
                 "tokenizer": {"kind": "char", "chars": "abc"}}, tmp_path / "ckpt.pt")
-    with pytest.raises(SystemExit, match="char tokenizer; fine-tuning needs GPT-2 BPE"):
+    with pytest.raises(SystemExit) as exit_info:
         spam.main(["--init", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "c.pt")])
+    assert exit_info.value.code == 2
+    assert "char tokenizer; fine-tuning needs GPT-2 BPE" in capsys.readouterr().err
