@@ -1,16 +1,11 @@
 """
-mla_moe.py - a DeepSeek-V2/V3-style GPT in one file: Multi-head Latent Attention (MLA, DeepSeek-V2, arXiv
-2405.04434) with its compressed KV cache, DeepSeek's MoE (arXiv 2401.06066) as V2 (softmax gates) and V3
-(arXiv 2412.19437: sigmoid gates, bias balancing, route scaling) run it, YaRN (arXiv 2309.00071) and V3's
-multi-token prediction. DeepSeek-V2-Lite, Moonlight and V3 checkpoints load into it (load_hf.py).
-docs/mla_moe.md walks through the equations.
+mla_moe.py - DeepSeek-V2/V3 in one file: Multi-head Latent Attention (MLA, arXiv 2405.04434) and its compressed
+KV cache, DeepSeek's MoE (arXiv 2401.06066) as V2 and V3 (arXiv 2412.19437) run it, YaRN (arXiv 2309.00071),
+V3's multi-token prediction. DeepSeek-V2-Lite, Moonlight and V3 load into it (load_hf.py); docs/mla_moe.md.
 
     python train.py --model_type mlamoe                       # nanoGPT's char-level CPU recipe
     python mla_moe.py --ckpt out/ckpt.pt --prompt "ROMEO:"    # sample from a checkpoint
-    python mla_moe.py                                         # KV-cache bytes per token, sizes, a sample
-
-Imports only torch, numpy, tiktoken and the standard library; GPT-2's BPE also needs data/gpt2.tiktoken
-in a data/ folder beside this file.
+    python mla_moe.py                                         # sizes + a sample from random weights
 """
 import argparse
 import base64
@@ -26,7 +21,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 MODEL_TYPE = "mlamoe"
 
@@ -48,19 +42,14 @@ class MLAMoEConfig:
     rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
     rope_scaling_factor: float = 1.0  # YaRN: how many times longer than rope_original_len (1 = off)
     rope_original_len: int = 4096  # YaRN: the context the model was pretrained at
-    rope_beta_fast: float = 32.0  # YaRN: channel pairs turning more often over that context are kept
-    rope_beta_slow: float = 1.0  # YaRN: pairs turning less often are interpolated fully
     rope_mscale: float = 0.0  # YaRN: softmax scale times (0.1 mscale ln(factor) + 1)^2 (0 = none)
-    mlp_hidden: int = 0  # dense SwiGLU hidden size before rounding; 0 = 8/3 n_embd
-    multiple_of: int = 64  # dense SwiGLU hidden sizes are rounded up to a multiple of this (fast matmuls)
-    tie_embeddings: bool = True  # the output head shares its weight with the token embedding
+    mlp_hidden: int = 2048  # hidden size of the dense blocks' SwiGLU (8/3 n_embd: GPT-2's MLP's parameters)
     norm_eps: float = 1e-5  # added to the mean square in RMSNorm
-    dropout: float = 0.0  # probability, on embeddings, attention weights and residual branches
     # DeepSeek's MoE (V3's defaults): shared experts plus top_k of n_routed_experts fine-grained ones
     n_routed_experts: int = 16  # experts the router chooses from
     top_k: int = 2  # routed experts per token
     n_shared_experts: int = 2  # experts every token goes through, with weight 1 (0 = none)
-    moe_hidden: int = 0  # each expert's hidden size; 0 = the dense SwiGLU's / (top_k + n_shared_experts)
+    moe_hidden: int = 512  # each expert's hidden size; shared + chosen experts = the dense SwiGLU's 2048
     first_dense_layers: int = 1  # leading blocks that keep the dense SwiGLU (V3: 3 of 61)
     gate: str = "sigmoid"  # "sigmoid" (DeepSeek-V3) or "softmax" (DeepSeek-V2) expert scores
     renormalize: bool = True  # divide the chosen experts' scores by their sum (V3; V2-Lite: no)
@@ -69,17 +58,14 @@ class MLAMoEConfig:
     topk_group: int = 1  # the groups a token may choose experts from (V3: 4 of 8)
     seq_aux_loss_weight: float = 1e-4  # alpha of V3 eq. 17, the sequence-wise balance loss (0 = off)
     bias_update_rate: float = 1e-3  # V3 auxiliary-loss-free balancing: bias step per optimizer step (gamma)
-    # training features
-    mtp: bool = False  # multi-token prediction (V3 §2.2, depth 1): also predict the token after next
-    mtp_weight: float = 0.3  # lambda of V3 eq. 25, the MTP loss's weight in the training loss
-    grad_checkpointing: bool = False  # recompute each block in backward instead of keeping its activations
+    mtp_weight: float = 0.0  # > 0: V3's multi-token prediction (§2.2, depth 1), its loss weighted by this (eq. 25)
 
 
 PRESETS = {
     "gpt2": dict(),  # GPT-2 small's shape: MLA caches 288 values per token per layer, MHA 1536
     # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; r 48 + dr 16 = MHA's 256 / 4
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, kv_lora_rank=48, qk_nope_head_dim=32,
-                qk_rope_head_dim=16, v_head_dim=32),
+                qk_rope_head_dim=16, v_head_dim=32, mlp_hidden=384, moe_hidden=96),
 }
 
 
@@ -100,9 +86,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_frequencies(config, head_dim):
-    """The rotation speed of each channel pair, theta^(-2i/hd) (RoFormer eq. 15), (hd/2,). YaRN (§3.2; factor
-    s > 1): pairs turning over beta_fast times over the original context keep their speed, pairs turning under
-    beta_slow times turn s times slower, a linear ramp between (the softmax scale grows to match)."""
+    """theta^(-2i/hd) per channel pair (RoFormer eq. 15). YaRN (§3.2, factor s > 1): pairs turning over 32 times in
+    the original context keep their speed, under once turn s times slower, a ramp between (softmax scale: MLA)."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
     if config.rope_scaling_factor == 1.0:
@@ -110,16 +95,15 @@ def rope_frequencies(config, head_dim):
     inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     # the (fractional) index of the pair that turns `times` times over the original context
     pair = [head_dim * math.log(config.rope_original_len / (times * 2 * math.pi)) / (2 * math.log(config.rope_theta))
-            for times in (config.rope_beta_fast, config.rope_beta_slow)]
+            for times in (32, 1)]
     low, high = max(math.floor(pair[0]), 0), min(math.ceil(pair[1]), head_dim - 1)
     slowed = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / max(high - low, 0.001)).clamp(0, 1)
     return inv_freq / config.rope_scaling_factor * slowed + inv_freq * (1 - slowed)
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a query
-    or key at position p is rotated by the angle p * inv_freq[i], so q . k depends on the offset only.
-    Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
+    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
+    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -134,13 +118,6 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
         rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return rotated.type_as(x)
-
-
-def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
-    """SwiGLU hidden size: mlp_hidden, or 8/3 n_embd when 0 (three matrices of C x 8C/3 hold as many
-    parameters as the GELU MLP's two of C x 4C, Shazeer 2020 §2), rounded up to multiple_of."""
-    hidden = mlp_hidden or int(8 * n_embd / 3)
-    return multiple_of * math.ceil(hidden / multiple_of)
 
 
 class SwiGLU(nn.Module):
@@ -162,118 +139,87 @@ class SwiGLU(nn.Module):
 # DeepSeek's MoE as V2 and V3 run it; moe_gpt.py holds the other options (docs/moe_gpt.md).
 
 class Router(nn.Module):
-    """Scores s per token and routed expert, in float32: softmax (V2) or sigmoid (V3 eq. 15). Chooses top_k by
-    s + bias (V3 eq. 16, a balancing buffer), among the topk_group best of n_group expert groups (ranked by
-    their best s in V2, by their two best in V3); weighs them by s, renormalised or not, times the scaling."""
+    """Scores s per token and routed expert, in float32: softmax (V2) or sigmoid (V3 eq. 15). Picks top_k by s +
+    bias (V3 eq. 16) within the topk_group best expert groups; weighs them by s, renormalised or not, scaled."""
 
     def __init__(self, config):
         super().__init__()
         if config.gate not in ("softmax", "sigmoid"):
             raise ValueError(f"unknown gate {config.gate!r}: use softmax or sigmoid")
-        if config.n_routed_experts % config.n_group or not 1 <= config.topk_group <= config.n_group:
-            raise ValueError("n_group must divide n_routed_experts, topk_group be from 1 to n_group")
-        self.top_k, self.gate, self.renormalize = config.top_k, config.gate, config.renormalize
-        self.n_group, self.topk_group, self.scaling = config.n_group, config.topk_group, config.routed_scaling_factor
+        self.config = config
         self.weight = nn.Parameter(torch.randn(config.n_routed_experts, config.n_embd) * 0.02)
         self.register_buffer("bias", torch.zeros(config.n_routed_experts))  # in the state_dict: resumed too
 
     def forward(self, x):
         """x (N, C) -> chosen experts (N, k), their weights (N, k) and scores (N, E)."""
+        config = self.config
         with torch.autocast(x.device.type, enabled=False):  # choices flip on rounding errors in bf16
             logits = F.linear(x.float(), self.weight.float())
-        scores = logits.softmax(dim=-1) if self.gate == "softmax" else logits.sigmoid()
+        scores = logits.softmax(dim=-1) if config.gate == "softmax" else logits.sigmoid()
         choice = scores.detach() + self.bias  # (N, E)
-        if self.n_group > 1:  # mask all but the best groups of experts
-            groups = choice.view(len(x), self.n_group, -1)  # (N, n_group, E / n_group)
-            best = groups.max(-1).values if self.gate == "softmax" else groups.topk(2, dim=-1).values.sum(-1)
-            others = torch.ones_like(best, dtype=torch.bool).scatter(1, best.topk(self.topk_group).indices, False)
+        if config.n_group > 1:  # mask all but the best groups, ranked by their best s (V2) or two best (V3)
+            groups = choice.view(len(x), config.n_group, -1)  # (N, n_group, E / n_group)
+            best = groups.max(-1).values if config.gate == "softmax" else groups.topk(2, dim=-1).values.sum(-1)
+            others = torch.ones_like(best, dtype=torch.bool).scatter(1, best.topk(config.topk_group).indices, False)
             choice = groups.masked_fill(others.unsqueeze(-1), float("-inf")).view(len(x), -1)
-        experts = torch.topk(choice, self.top_k, dim=-1).indices
+        experts = torch.topk(choice, config.top_k, dim=-1).indices
         weights = scores.gather(1, experts)
-        if self.renormalize:
+        if config.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return experts, self.scaling * weights, scores
-
-
-class Experts(nn.Module):
-    """n_experts SwiGLU experts, weights stacked as gate and up (E, hidden, C) and down (E, C, hidden)."""
-
-    def __init__(self, n_experts, n_embd, hidden, n_layer):
-        super().__init__()
-        self.gate = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
-        self.up = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
-        # ends a residual branch: scaled by 1/sqrt(2 n_layer) like the model's other such Linears
-        self.down = nn.Parameter(torch.randn(n_experts, n_embd, hidden) * 0.02 / math.sqrt(2 * n_layer))
-
-    def forward(self, x, counts):
-        """x (A, C): token copies sorted by expert, counts[e] rows for expert e -> (A, C)."""
-        outputs = []  # unbind, not indexing, so the backward stacks E gradients once
-        weights = zip(self.gate.unbind(0), self.up.unbind(0), self.down.unbind(0))
-        for rows, (gate, up, down) in zip(x.split(counts.tolist()), weights):
-            outputs.append(F.linear(F.silu(F.linear(rows, gate)) * F.linear(rows, up), down))
-        return torch.cat(outputs)
+        return experts, config.routed_scaling_factor * weights, scores
 
 
 class MoE(nn.Module):
-    """DeepSeekMoE (arXiv 2401.06066 eqs. 9-11), dropless: n_shared_experts always-on experts plus top_k of
-    n_routed_experts. The shared experts (weight 1) run as one SwiGLU of n_shared * moe_hidden units."""
+    """DeepSeekMoE (eqs. 9-11), dropless: top_k of n_routed_experts, plus the shared experts (weight 1) run as
+    one SwiGLU of n_shared * moe_hidden units."""
 
     def __init__(self, config):
         super().__init__()
-        dense_hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
-        hidden = config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts)
-        if not 1 <= config.top_k <= config.n_routed_experts:
-            raise ValueError(f"top_k {config.top_k} must be between 1 and n_routed_experts {config.n_routed_experts}")
-        self.n_experts, self.top_k = config.n_routed_experts, config.top_k
-        self.bias_update_rate, self.seq_aux_loss_on = config.bias_update_rate, config.seq_aux_loss_weight > 0
+        if not (1 <= config.top_k <= config.n_routed_experts and config.n_routed_experts % config.n_group == 0
+                and 1 <= config.topk_group <= config.n_group):
+            raise ValueError("top_k must be 1 to n_routed_experts, n_group divide them, topk_group be 1 to n_group")
+        self.config, self.n_experts, self.top_k = config, config.n_routed_experts, config.top_k
         self.router = Router(config)
-        self.experts = Experts(self.n_experts, config.n_embd, hidden, config.n_layer)
-        self.shared = SwiGLU(config.n_embd, config.n_shared_experts * hidden) if config.n_shared_experts else None
-        self.drop = nn.Dropout(config.dropout)
+        self.experts = nn.ModuleList([SwiGLU(config.n_embd, config.moe_hidden) for _ in range(self.n_experts)])
+        shared_hidden = config.n_shared_experts * config.moe_hidden
+        self.shared = SwiGLU(config.n_embd, shared_hidden) if shared_hidden else None
         self.stats, self.counts = {}, None  # counts: assignments per expert since the last update_bias
 
     def forward(self, x):
         B, T, C = x.shape
         x = x.reshape(B * T, C)  # (N, C): N tokens, each routed on its own
-        N, k = B * T, self.top_k
+        N, k, E = B * T, self.top_k, self.n_experts
         experts, weights, scores = self.router(x)  # (N, k), (N, k), (N, E)
-        # assignment a is token a // k's choice a % k; sorting them by expert lines up each expert's rows
+        # assignment a is token a // k's choice a % k; a stable sort by expert lines up each expert's rows
         expert_of = experts.flatten()  # (N*k,)
         order = torch.argsort(expert_of, stable=True)
-        counts = torch.bincount(expert_of, minlength=self.n_experts)  # (E,)
+        counts = torch.bincount(expert_of, minlength=E)  # (E,)
         token = order // k  # (N*k,) the token of each sorted assignment
-        y = self.experts(x[token], counts) * weights.flatten()[order].unsqueeze(1)  # (N*k, C)
+        rows = x[token].split(counts.tolist())  # each expert's rows, one contiguous block per expert
+        y = torch.cat([expert(r) for expert, r in zip(self.experts, rows)])  # (N*k, C)
+        y = y * weights.flatten()[order].unsqueeze(1)
         out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)
         if self.shared is not None:
             out = out + self.shared(x)
-        self.record(experts.view(B, T * k), counts, scores)
-        return self.drop(out).view(B, T, C).type_as(x)
-
-    def record(self, experts, counts, scores):
-        """This batch's load per expert, and V3's sequence-wise loss (eqs. 17-20) E * sum_i f_i P_i per sequence
-        (f_i: share of its assignments to expert i, P_i: its mean normalised score); experts is (B, T*k)."""
-        E = self.n_experts
-        self.stats = {"load": counts.float() / counts.sum()}
-        if self.seq_aux_loss_on:
-            B, Tk = experts.shape
-            ones = torch.ones_like(experts, dtype=torch.float)
-            seq_load = torch.zeros(B, E, device=experts.device).scatter_add_(1, experts, ones) / Tk  # (B, E)
-            probs = scores / scores.sum(dim=-1, keepdim=True)
-            seq_probs = probs.view(B, -1, E).mean(dim=1)  # (B, E): P_i of eqs. 19-20
-            self.seq_aux_loss = E * (seq_load * seq_probs).sum(dim=-1).mean()  # eq. 17, f_i of eq. 18
+        self.stats, self.weighted_loss = {"load": counts.float() / counts.sum()}, 0.0
+        if self.config.seq_aux_loss_weight > 0:  # V3 eqs. 17-20: the balance within each sequence of T*k choices
+            seq_load = F.one_hot(experts.view(B, T * k), E).float().mean(dim=1)  # (B, E): f_i / E of eq. 18
+            seq_probs = (scores / scores.sum(dim=-1, keepdim=True)).view(B, T, E).mean(dim=1)  # (B, E): P_i
+            self.seq_aux_loss = E * (seq_load * seq_probs).sum(dim=-1).mean()  # eq. 17
+            self.weighted_loss = self.config.seq_aux_loss_weight * self.seq_aux_loss
             self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
-        if self.training and self.bias_update_rate > 0:
+        if self.training and self.config.bias_update_rate > 0:
             self.counts = counts.float() if self.counts is None else self.counts + counts
+        return out.view(B, T, C).type_as(x)
 
     @torch.no_grad()
     def update_bias(self):
-        """DeepSeek-V3's auxiliary-loss-free balancing (§2.1.2), called after each optimizer step:
-        bias_i += rate * sign(mean load - load_i), loads since the last step summed over all ranks."""
+        """V3's auxiliary-loss-free balancing (§2.1.2), after each step: bias_i += rate * sign(mean load - load_i)."""
         if self.counts is None:
             return
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.counts)
-        self.router.bias += self.bias_update_rate * torch.sign(self.counts.mean() - self.counts)
+        self.router.bias += self.config.bias_update_rate * torch.sign(self.counts.mean() - self.counts)
         self.counts = None
 
 
@@ -294,17 +240,18 @@ class LatentKVCache:
         return self.latent[:, :self.pos]
 
 
-def causal_attention(q, k, v, dropout, scale):
-    """softmax(q k^T * scale) v where query i sees keys up to its own position; q (B, nh, t, d) holds
-    the last t positions, k (B, nh, S, d) and v (B, nh, S, dv) all S of them."""
+def causal_attention(q, k, v, dropout, scale=None):
+    """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
+    (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
+    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, **options)
     # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
     mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -332,62 +279,30 @@ class MultiHeadLatentAttention(nn.Module):
         self.c_proj = nn.Linear(c.n_head * c.v_head_dim, c.n_embd, bias=False)  # W^O
         self.c_proj.residual_branch_end = True
         self.rotary = RotaryEmbedding(rope_frequencies(c, c.qk_rope_head_dim), c.block_size)
-        self.dropout = c.dropout
-        self.resid_drop = nn.Dropout(c.dropout)
 
     def forward(self, x, cache=None):
         B, T, _ = x.shape
-        nh = self.n_head
+        nh, r = self.n_head, self.kv_rank
         start = cache.pos if cache is not None else 0
         c_q = self.q_norm(self.q_down(x)) if self.q_down is not None else x  # (12), or x without a q latent
         q_nope = self.q_up(c_q).view(B, T, nh, self.nope_dim).transpose(1, 2)  # (13): (B, nh, T, dn)
         q_rope = self.rotary(self.q_rope(c_q).view(B, T, nh, self.rope_dim).transpose(1, 2), start)  # (14)
         c_kv = self.kv_norm(self.kv_down(x))  # (9): (B, T, r)
         k_rope = self.rotary(self.k_rope(x).unsqueeze(1), start).squeeze(1)  # (15): (B, T, dr), one head
-        dropout = self.dropout if self.training else 0.0
-        if cache is None:
-            y = self.expanded_attention(q_nope, q_rope, c_kv, k_rope, dropout)
-        else:
-            latent = cache.append(torch.cat([c_kv, k_rope], dim=-1))  # (B, cached + T, r + dr)
-            y = self.absorbed_attention(q_nope, q_rope, latent, dropout)
+        if cache is None:  # training: up-project the latent to per-head keys and values, then attention
+            k_nope = self.k_up(c_kv).view(B, T, nh, self.nope_dim).transpose(1, 2)  # (10): (B, nh, T, dn)
+            v = self.v_up(c_kv).view(B, T, nh, self.v_dim).transpose(1, 2)  # (11): (B, nh, T, dv)
+            q = torch.cat([q_nope, q_rope], dim=-1)  # (16): (B, nh, T, dn + dr)
+            k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, nh, T, self.rope_dim)], dim=-1)  # (17)
+            y = causal_attention(q, k, v, 0.0, self.scale)  # (18): (B, nh, T, dv)
+        else:  # generation, on the cached latent: q_C . (W^UK c_KV) = (W^UK^T q_C) . c_KV, and the average of
+            # W^UV c_KV over positions is W^UV times the average of c_KV: every head reads one key and value
+            latent = cache.append(torch.cat([c_kv, k_rope], dim=-1)).unsqueeze(1)  # (B, 1, cached + T, r + dr)
+            q = torch.cat([q_nope @ self.k_up.weight.view(nh, self.nope_dim, r), q_rope], dim=-1)  # (B, nh, T, r + dr)
+            o_latent = causal_attention(q, latent, latent[..., :r], 0.0, self.scale)  # (B, nh, T, r)
+            y = o_latent @ self.v_up.weight.view(nh, self.v_dim, r).transpose(1, 2)  # (B, nh, T, dv)
         y = y.transpose(1, 2).reshape(B, T, nh * self.v_dim)  # heads side by side: (B, T, nh * dv)
-        return self.resid_drop(self.c_proj(y))  # (19)
-
-    def expanded_attention(self, q_nope, q_rope, c_kv, k_rope, dropout):
-        """Training: up-project the latent to per-head keys and values, then ordinary attention."""
-        B, S, _ = c_kv.shape
-        nh = self.n_head
-        k_nope = self.k_up(c_kv).view(B, S, nh, self.nope_dim).transpose(1, 2)  # (10): (B, nh, S, dn)
-        v = self.v_up(c_kv).view(B, S, nh, self.v_dim).transpose(1, 2)  # (11): (B, nh, S, dv)
-        q = torch.cat([q_nope, q_rope], dim=-1)  # (16): (B, nh, T, dn + dr)
-        k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, nh, S, self.rope_dim)], dim=-1)  # (17)
-        return causal_attention(q, k, v, dropout, self.scale)  # (18): (B, nh, T, dv)
-
-    def absorbed_attention(self, q_nope, q_rope, latent, dropout):
-        """Generation, on the cached latent: q_C^T (W^UK c_KV) = (W^UK^T q_C)^T c_KV and sum_s p_s W^UV c_KV,s =
-        W^UV sum_s p_s c_KV,s, so every head reads keys [c_KV; k_R] and values c_KV (MQA in latent space)."""
-        B, S, _ = latent.shape
-        nh, r = self.n_head, self.kv_rank
-        w_uk = self.k_up.weight.view(nh, self.nope_dim, r)  # (nh, dn, r)
-        w_uv = self.v_up.weight.view(nh, self.v_dim, r)  # (nh, dv, r)
-        q = torch.cat([q_nope @ w_uk, q_rope], dim=-1)  # (B, nh, T, dn) @ (nh, dn, r) -> (B, nh, T, r + dr)
-        k = latent.unsqueeze(1).expand(B, nh, S, r + self.rope_dim)  # one key for all heads, not copied
-        v = latent[..., :r].unsqueeze(1).expand(B, nh, S, r)  # c_KV
-        o_latent = causal_attention(q, k, v, dropout, self.scale)  # (B, nh, T, r)
-        return o_latent @ w_uv.transpose(1, 2)  # (B, nh, T, r) @ (nh, r, dv) -> (B, nh, T, dv)
-
-
-def cache_size_table(config):
-    """KV-cache values and bytes per token per layer: MLA against MHA, GQA and MQA of the same width."""
-    head_dim, n_kv_head = config.n_embd // config.n_head, max(2, config.n_head // 4)  # GQA as Llama 3 8B's 32/8
-    r, dr = config.kv_lora_rank, config.qk_rope_head_dim
-    rows = [("MHA", 2 * config.n_head * head_dim), (f"GQA, {n_kv_head} KV heads", 2 * n_kv_head * head_dim),
-            ("MQA, 1 KV head", 2 * head_dim), (f"MLA, r {r} + dr {dr}", r + dr)]
-    lines = [f"KV cache per token per layer, {config.n_layer} layers x {config.n_head} heads x {config.n_embd} wide:",
-             f"{'attention':<22}{'values':>8}{'bf16 bytes':>12}{'fp32 bytes':>12}{'/ MHA':>8}"]
-    for name, values in rows:
-        lines.append(f"{name:<22}{values:>8}{2 * values:>12}{4 * values:>12}{values / rows[0][1]:>8.3f}")
-    return "\n".join(lines)
+        return self.c_proj(y)  # (19)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -400,8 +315,7 @@ class Block(nn.Module):
         self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
         self.attn = MultiHeadLatentAttention(config)
         self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
-        hidden = swiglu_hidden(config.n_embd, config.mlp_hidden, config.multiple_of)
-        self.mlp = MoE(config) if moe else SwiGLU(config.n_embd, hidden, config.dropout)
+        self.mlp = MoE(config) if moe else SwiGLU(config.n_embd, config.mlp_hidden)
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
@@ -410,8 +324,7 @@ class Block(nn.Module):
 
 
 class MultiTokenPrediction(nn.Module):
-    """DeepSeek-V3 §2.2 at depth 1: h'_i = M [RMSNorm(h_i); RMSNorm(Emb(t_i+1))] (eq. 21), one more block
-    (eq. 22), then the shared output head predicts token i+2 (eq. 23)."""
+    """DeepSeek-V3 §2.2, depth 1: h'_i = M [RMSNorm(h_i); RMSNorm(Emb(t_i+1))], a block, the head: token i+2."""
 
     def __init__(self, config):
         super().__init__()
@@ -421,10 +334,15 @@ class MultiTokenPrediction(nn.Module):
         self.block = Block(config, moe=False)  # dense: the routing statistics stay the main model's
         self.norm = RMSNorm(config.n_embd, config.norm_eps)
 
-    def forward(self, h, next_embedding):
-        """h (B, T, C) hidden states at positions i; next_embedding (B, T, C) embeddings of tokens i+1."""
-        x = self.proj(torch.cat([self.hidden_norm(h), self.embed_norm(next_embedding)], dim=-1))
-        return self.norm(self.block(x))
+    def forward(self, h, targets, wte, lm_head):
+        """Eq. 24: the cross-entropy of its guess of token i+2 from h_i (B, T, C) and token i+1 = targets[:, i];
+        positions whose token i+1 or i+2 is -100 are ignored. wte and lm_head are the main model's."""
+        next_tokens = targets[:, :-1]
+        after_next = targets[:, 1:].masked_fill(next_tokens == -100, -100)
+        embedded = self.embed_norm(wte(next_tokens.clamp(min=0)))  # (B, T - 1, C)
+        x = self.proj(torch.cat([self.hidden_norm(h[:, :-1]), embedded], dim=-1))  # eq. 21
+        logits = lm_head(self.norm(self.block(x)))  # eqs. 22-23: (B, T - 1, vocab_size)
+        return F.cross_entropy(logits.flatten(0, 1).float(), after_next.flatten(), ignore_index=-100)
 
 
 class MLAMoE(nn.Module):
@@ -434,78 +352,56 @@ class MLAMoE(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings; no position table
-        self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, moe=layer >= config.first_dense_layers)
                                 for layer in range(config.n_layer)])
         self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
-        self.mtp = MultiTokenPrediction(config) if config.mtp else None
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # not tied, as DeepSeek's
+        self.mtp = MultiTokenPrediction(config) if config.mtp_weight > 0 else None
         self.mtp_loss = None  # the last training batch's MTP loss, for train.py's log
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
         # N(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
-        # residual stream's variance does not grow with depth (Router and Experts init their own weights)
+        # residual stream's variance does not grow with depth (Router inits its own weights)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
-        -100 is ignored), plus in training the weighted MoE and MTP losses. With `cache` (new_cache()) idx
-        continues the cached positions."""
+        -100 is ignored), plus in training the weighted MoE and MTP losses. With `cache`, idx continues it."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
-        x = self.drop(self.wte(idx))  # (B, T, C); positions are rotated into the RoPE parts in each layer
+        x = self.wte(idx)  # (B, T, C); positions are rotated into the RoPE parts in each layer
         for i, block in enumerate(self.h):
-            if self.config.grad_checkpointing and self.training and cache is None:
-                # keep only the block's input and rerun it in backward (the same RNG, so the same routing),
-                # to the end (no early stop) so each MoE layer's stats are rewritten whole
-                with set_checkpoint_early_stop(False):
-                    x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, cache[i] if cache is not None else None)
+            x = block(x, cache[i] if cache is not None else None)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             if self.training:
-                for moe in self.moe_layers():
-                    if moe.seq_aux_loss_on:
-                        loss = loss + self.config.seq_aux_loss_weight * moe.seq_aux_loss  # V3 eq. 17
+                loss = loss + sum(moe.weighted_loss for moe in self.moe_layers())  # V3 eq. 17
                 if self.mtp is not None and T > 1:
-                    mtp_loss = self.multi_token_loss(x, targets)
+                    mtp_loss = self.mtp(x, targets, self.wte, self.lm_head)
                     self.mtp_loss = mtp_loss.detach()
                     loss = loss + self.config.mtp_weight * mtp_loss  # V3 eq. 25
         return logits, loss
-
-    def multi_token_loss(self, h, targets):
-        """V3 eq. 24: cross-entropy of the MTP module's guess of token i+2 from h_i (B, T, C) and
-        token i+1 = targets[:, i]; positions whose token i+1 or i+2 is -100 are ignored."""
-        next_tokens = targets[:, :-1]
-        after_next = targets[:, 1:].masked_fill(next_tokens == -100, -100)
-        logits = self.lm_head(self.mtp(h[:, :-1], self.wte(next_tokens.clamp(min=0))))  # (B, T - 1, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), after_next.flatten(), ignore_index=-100)
 
     def moe_layers(self):
         """The MoE layers, whose stats train.py logs and whose update_bias it calls after each step."""
         return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
 
     def new_cache(self, batch_size):
-        """One empty LatentKVCache per layer, as long as the context."""
-        config, w = self.config, self.wte.weight
-        width = config.kv_lora_rank + config.qk_rope_head_dim
+        """One empty LatentKVCache per layer, as long as the context, r + dr values per position."""
+        config, w, width = self.config, self.wte.weight, self.config.kv_lora_rank + self.config.qk_rope_head_dim
         return [LatentKVCache(batch_size, config.block_size, width, w.device, w.dtype) for _ in range(config.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. With the cache a new token
-        costs one position's compute; once the context is full the window slides and the cache is rebuilt
-        from the last block_size - 1 tokens, exactly what the cache-less path computes."""
+        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. Past block_size the window slides
+        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes."""
         block_size = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -530,19 +426,18 @@ class MLAMoE(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def param_counts(self):
-        """Total parameters (a tied head counted once, MTP included) and those active per token: all but the
-        routed experts a token does not use (it uses top_k of n_experts in each MoE layer)."""
+        """Total parameters, and active ones: all but the routed experts a token skips."""
         total = sum(p.numel() for p in self.parameters())
         idle = sum(sum(p.numel() for p in moe.experts.parameters()) * (1 - moe.top_k / moe.n_experts)
                    for moe in self.moe_layers())
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without an
-        untied embedding table) + 6 * seq_len * n_head * (dn + dr + dv) per attention layer, MTP's too."""
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without the
+        embedding table, a lookup) + 6 * seq_len * n_head * (dn + dr + dv) per attention layer, MTP's too."""
         config = self.config
-        n_matmul = self.param_counts()["active"] - (0 if config.tie_embeddings else self.wte.weight.numel())
-        n_attention = config.n_layer + (1 if config.mtp else 0)
+        n_matmul = self.param_counts()["active"] - self.wte.weight.numel()
+        n_attention = config.n_layer + (1 if self.mtp is not None else 0)
         head_sizes = config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim
         return 6 * n_matmul + 6 * n_attention * seq_len * config.n_head * head_sizes
 
@@ -551,8 +446,7 @@ Config, Model = MLAMoEConfig, MLAMoE  # the names train.py looks for in every mo
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick one token per row of logits (B, V): greedy at temperature 0, else sample after
-    keeping the top_k most likely tokens and/or the smallest set whose probability >= top_p."""
+    """One token per row of logits (B, V): greedy at temperature 0, else drawn from the top_k / top_p best."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -575,21 +469,18 @@ GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "g
 
 
 class Tokenizer:
-    """Text <-> token ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, its ranks read from
-    data/gpt2.tiktoken (lines of base64(token bytes) and rank: no network); "bpe": a BPE learned from the
-    corpus by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs are byte-level, split text
-    with GPT-2's pattern and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds it."""
+    """Text <-> ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, read from data/gpt2.tiktoken
+    (no network); "bpe": a BPE learned by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs
+    are byte-level and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds the tokenizer."""
 
     def __init__(self, kind="gpt2", chars="", merges=()):
         self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
         self.char_to_id = {ch: i for i, ch in enumerate(chars)}
+        if kind == "gpt2" and not os.path.exists(GPT2_RANKS):
+            raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs data/gpt2.tiktoken beside this file")
         if kind == "gpt2":
-            if not os.path.exists(GPT2_RANKS):
-                raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs nanodecoder's data/gpt2.tiktoken "
-                                        "in a data/ folder beside the model file")
-            with open(GPT2_RANKS, "rb") as f:
-                lines = [line.split() for line in f if line.strip()]
-            ranks = {base64.b64decode(token): int(rank) for token, rank in lines}
+            with open(GPT2_RANKS, "rb") as f:  # lines of base64(token bytes) and rank
+                ranks = {base64.b64decode(token): int(rank) for token, rank in map(bytes.split, f)}
         elif kind == "bpe":
             tokens = [bytes([b]) for b in range(256)]
             for a, b in self.merges:
@@ -620,24 +511,22 @@ class Tokenizer:
 
 
 def load_dataset(path, tokenizer=None):
-    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids,
-    used as they are), or from a UTF-8 text file whose first 90% of characters are for training and last 10%
-    for validation, encoded with `tokenizer` (default: one id per character of the text). BPE ids are cached
-    as uint16 in <path>.<kind>-<vocab size>-<checksum>.npz while it is newer than the text."""
+    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids), or
+    from a UTF-8 text, 90% of its characters for training, by `tokenizer` (default: its characters)."""
     if os.path.isdir(path):
         bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
         train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
         return train, val, Tokenizer("gpt2")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    train_text, val_text = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
     tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
-    # the merges' checksum tells two learned BPEs of one size apart
+    # BPE ids cached as uint16 while newer than the text; the checksum tells learned BPEs of one size apart
     cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
     if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
         with np.load(cache) as saved:
             return saved["train"], saved["val"], tokenizer
-    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (train_text, val_text))
+    cut = int(0.9 * len(text))
+    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (text[:cut], text[cut:]))
     if tokenizer.kind != "char":  # characters are a table lookup: no cache needed
         try:
             np.savez(cache + ".tmp.npz", train=train, val=val)
@@ -661,8 +550,7 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, tokenizer, checkpoint dict) from a file train.py saved. weights_only=True:
-    torch.load reads tensors and plain values, nothing else in the file is unpickled."""
+    """(model in eval mode, tokenizer, checkpoint dict) from train.py's file, read with weights_only=True."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
     try:
@@ -702,7 +590,6 @@ def main():
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(cache_size_table(model.config))
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
     for row in model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p).tolist():

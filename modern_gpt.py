@@ -11,9 +11,6 @@ checkpoints load into it (load_hf.py). docs/modern_gpt.md walks through it.
     python train.py --model_type moderngpt                        # nanoGPT's char-level CPU recipe
     python modern_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"     # sample from a checkpoint
     python modern_gpt.py                                          # sizes + a sample from random weights
-
-Imports only torch, numpy, tiktoken and the standard library; GPT-2's BPE also needs data/gpt2.tiktoken
-in a data/ folder beside this file.
 """
 import argparse
 import base64
@@ -97,9 +94,8 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a query
-    or key at position p is rotated by the angle p * inv_freq[i], so q . k depends on the offset only.
-    Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
+    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
+    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -133,18 +129,18 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout):
-    """softmax(q k^T / sqrt(hd)) v, query i seeing keys up to its own position. q (B, nh, t, hd) holds
-    the last t positions, k and v (B, n_kv, S, hd) all S; each nh / n_kv query heads share a k, v head."""
+def causal_attention(q, k, v, dropout, scale=None):
+    """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
+    (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
-    grouped = k.size(1) != q.size(1)
+    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, **options)
     # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
     mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=grouped)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
 
 
 class CausalSelfAttention(nn.Module):
@@ -153,8 +149,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         if config.n_head % config.n_kv_head or (not config.head_dim and config.n_embd % config.n_head):
-            raise ValueError(f"n_head {config.n_head} must be a multiple of n_kv_head {config.n_kv_head}, "
-                             f"and n_embd {config.n_embd} of n_head unless head_dim is given")
+            raise ValueError("n_head must be a multiple of n_kv_head, and n_embd of n_head unless head_dim is given")
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.head_dim or config.n_embd // config.n_head
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
@@ -186,8 +181,7 @@ class CausalSelfAttention(nn.Module):
 
 
 def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
-    """SwiGLU hidden size: mlp_hidden, or 8/3 n_embd when 0 (three matrices of C x 8C/3 hold as many
-    parameters as the GELU MLP's two of C x 4C, Shazeer 2020 §2), rounded up to multiple_of."""
+    """mlp_hidden, or 8/3 n_embd (3 C x 8C/3 matrices = the GELU MLP's 2 C x 4C), rounded up to multiple_of."""
     hidden = mlp_hidden or int(8 * n_embd / 3)
     return multiple_of * math.ceil(hidden / multiple_of)
 
@@ -263,17 +257,15 @@ class ModernGPT(nn.Module):
         return logits, loss
 
     def new_cache(self, batch_size):
-        """An empty KV cache (one KVCache per layer, n_kv_head heads each) as long as the context."""
-        config, w = self.config, self.wte.weight
-        head_dim = self.h[0].attn.head_dim
+        """An empty KV cache as long as the context: one KVCache of n_kv_head heads per layer."""
+        config, w, head_dim = self.config, self.wte.weight, self.h[0].attn.head_dim
         return [KVCache(batch_size, config.n_kv_head, config.block_size, head_dim, w.device, w.dtype)
                 for _ in range(config.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. With the cache a new token
-        costs one position's compute; once the context is full the window slides and the cache is rebuilt
-        from the last block_size - 1 tokens, exactly what the cache-less path computes."""
+        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. Past block_size the window slides
+        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes."""
         block_size = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -314,8 +306,7 @@ Config, Model = ModernGPTConfig, ModernGPT  # the names train.py looks for in ev
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick one token per row of logits (B, V): greedy at temperature 0, else sample after
-    keeping the top_k most likely tokens and/or the smallest set whose probability >= top_p."""
+    """One token per row of logits (B, V): greedy at temperature 0, else drawn from the top_k / top_p best."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -338,21 +329,18 @@ GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "g
 
 
 class Tokenizer:
-    """Text <-> token ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, its ranks read from
-    data/gpt2.tiktoken (lines of base64(token bytes) and rank: no network); "bpe": a BPE learned from the
-    corpus by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs are byte-level, split text
-    with GPT-2's pattern and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds it."""
+    """Text <-> ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, read from data/gpt2.tiktoken
+    (no network); "bpe": a BPE learned by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs
+    are byte-level and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds the tokenizer."""
 
     def __init__(self, kind="gpt2", chars="", merges=()):
         self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
         self.char_to_id = {ch: i for i, ch in enumerate(chars)}
+        if kind == "gpt2" and not os.path.exists(GPT2_RANKS):
+            raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs data/gpt2.tiktoken beside this file")
         if kind == "gpt2":
-            if not os.path.exists(GPT2_RANKS):
-                raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs nanodecoder's data/gpt2.tiktoken "
-                                        "in a data/ folder beside the model file")
-            with open(GPT2_RANKS, "rb") as f:
-                lines = [line.split() for line in f if line.strip()]
-            ranks = {base64.b64decode(token): int(rank) for token, rank in lines}
+            with open(GPT2_RANKS, "rb") as f:  # lines of base64(token bytes) and rank
+                ranks = {base64.b64decode(token): int(rank) for token, rank in map(bytes.split, f)}
         elif kind == "bpe":
             tokens = [bytes([b]) for b in range(256)]
             for a, b in self.merges:
@@ -383,24 +371,22 @@ class Tokenizer:
 
 
 def load_dataset(path, tokenizer=None):
-    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids,
-    used as they are), or from a UTF-8 text file whose first 90% of characters are for training and last 10%
-    for validation, encoded with `tokenizer` (default: one id per character of the text). BPE ids are cached
-    as uint16 in <path>.<kind>-<vocab size>-<checksum>.npz while it is newer than the text."""
+    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids), or
+    from a UTF-8 text, 90% of its characters for training, by `tokenizer` (default: its characters)."""
     if os.path.isdir(path):
         bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
         train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
         return train, val, Tokenizer("gpt2")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    train_text, val_text = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
     tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
-    # the merges' checksum tells two learned BPEs of one size apart
+    # BPE ids cached as uint16 while newer than the text; the checksum tells learned BPEs of one size apart
     cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
     if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
         with np.load(cache) as saved:
             return saved["train"], saved["val"], tokenizer
-    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (train_text, val_text))
+    cut = int(0.9 * len(text))
+    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (text[:cut], text[cut:]))
     if tokenizer.kind != "char":  # characters are a table lookup: no cache needed
         try:
             np.savez(cache + ".tmp.npz", train=train, val=val)
@@ -424,8 +410,7 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, tokenizer, checkpoint dict) from a file train.py saved. weights_only=True:
-    torch.load reads tensors and plain values, nothing else in the file is unpickled."""
+    """(model in eval mode, tokenizer, checkpoint dict) from train.py's file, read with weights_only=True."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
     try:
@@ -442,14 +427,12 @@ def load_checkpoint(path, device="cpu"):
 
 def main():
     parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.")
-    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights of --preset)")
-    parser.add_argument("--preset", default="cpu", choices=PRESETS)
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights, cpu preset)")
     parser.add_argument("--prompt", default="\n")
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)  # 0 = greedy
     parser.add_argument("--top_k", type=int, default=200)
     parser.add_argument("--top_p", type=float)
-    parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -458,7 +441,7 @@ def main():
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
         else:
-            model, tokenizer = Model(Config(**PRESETS[args.preset])).to(args.device).eval(), Tokenizer("gpt2")
+            model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
         if not prompt:
             raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
@@ -466,9 +449,9 @@ def main():
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
-    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-    for row in model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p).tolist():
-        print(tokenizer.decode(row), "-" * 40, sep="\n")
+    idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    print(tokenizer.decode(out[0].tolist()))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,12 @@
 """
-moe_gpt.py - a mixture-of-experts GPT in one file: modern_gpt.py with DeepSeekMoE feed-forward layers.
-
-From block `first_dense_layers` on, the SwiGLU becomes DeepSeekMoE (arXiv 2401.06066): shared experts plus
-the top-k of many fine-grained routed experts. The file is the MoE toolkit: softmax or sigmoid gates
-(DeepSeek-V3, arXiv 2412.19437), Switch's balancing loss (arXiv 2101.03961), router z-loss (ST-MoE, arXiv
-2202.08906), V3's bias balancing, sequence-wise loss and route scaling, GShard capacity (arXiv 2006.16668),
-router noise, dispatch by sorting tokens by expert. Qwen3-MoE checkpoints load into it (load_hf.py).
-docs/moe_gpt.md explains each option, and which of them mla_moe.py and fgram_moe.py keep.
+moe_gpt.py - modern_gpt.py with DeepSeekMoE (arXiv 2401.06066) feed-forward layers and the MoE toolkit: softmax
+or sigmoid gates (DeepSeek-V3, arXiv 2412.19437), Switch's balancing loss (arXiv 2101.03961), router z-loss
+(ST-MoE, arXiv 2202.08906), V3's bias balancing, sequence-wise loss and route scaling, GShard capacity (arXiv
+2006.16668), router noise, sorted dispatch. Qwen3-MoE loads into it (load_hf.py); docs/moe_gpt.md explains it.
 
     python train.py --model_type moegpt --max_steps 1000         # nanoGPT's char-level CPU recipe, shorter
     python moe_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"       # sample from a checkpoint
     python moe_gpt.py                                            # sizes + a sample from random weights
-
-Imports only torch, numpy, tiktoken and the standard library; GPT-2's BPE also needs data/gpt2.tiktoken
-in a data/ folder beside this file.
 """
 import argparse
 import base64
@@ -98,9 +91,8 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer, arXiv 2104.09864, eqs. 13-15 and 34): channel pair i of a query
-    or key at position p is rotated by the angle p * inv_freq[i], so q . k depends on the offset only.
-    Pairs are (i, i + hd/2), as in GPT-NeoX and Llama: the paper's (2i, 2i+1) up to a reordering."""
+    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
+    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -134,18 +126,18 @@ class KVCache:
         return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
-def causal_attention(q, k, v, dropout):
-    """softmax(q k^T / sqrt(hd)) v, query i seeing keys up to its own position. q (B, nh, t, hd) holds
-    the last t positions, k and v (B, n_kv, S, hd) all S; each nh / n_kv query heads share a k, v head."""
+def causal_attention(q, k, v, dropout, scale=None):
+    """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
+    (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
-    grouped = k.size(1) != q.size(1)
+    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, **options)
     # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
     mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=grouped)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
 
 
 class CausalSelfAttention(nn.Module):
@@ -154,8 +146,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         if config.n_head % config.n_kv_head or (not config.head_dim and config.n_embd % config.n_head):
-            raise ValueError(f"n_head {config.n_head} must be a multiple of n_kv_head {config.n_kv_head}, "
-                             f"and n_embd {config.n_embd} of n_head unless head_dim is given")
+            raise ValueError("n_head must be a multiple of n_kv_head, and n_embd of n_head unless head_dim is given")
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.head_dim or config.n_embd // config.n_head
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
@@ -187,8 +178,7 @@ class CausalSelfAttention(nn.Module):
 
 
 def swiglu_hidden(n_embd, mlp_hidden, multiple_of):
-    """SwiGLU hidden size: mlp_hidden, or 8/3 n_embd when 0 (three matrices of C x 8C/3 hold as many
-    parameters as the GELU MLP's two of C x 4C, Shazeer 2020 §2), rounded up to multiple_of."""
+    """mlp_hidden, or 8/3 n_embd (3 C x 8C/3 matrices = the GELU MLP's 2 C x 4C), rounded up to multiple_of."""
     hidden = mlp_hidden or int(8 * n_embd / 3)
     return multiple_of * math.ceil(hidden / multiple_of)
 
@@ -209,19 +199,16 @@ class SwiGLU(nn.Module):
 
 
 # ----------------------------------------------------------------------------- mixture of experts
-# MoE keeps the batch's auxiliary losses and statistics on the layer, for the model to add and to log.
 
 class Router(nn.Module):
-    """Scores s of each token for every routed expert, in float32: softmax over all experts (DeepSeekMoE
-    eq. 5) or sigmoid (DeepSeek-V3 eq. 15). Chooses top_k by s + bias (V3 eq. 16, a balancing buffer) and
-    weighs them by s, renormalised when `renormalize` (V3 eq. 13), times routed_scaling_factor."""
+    """Scores s per token and routed expert, in float32: softmax (DeepSeekMoE eq. 5) or sigmoid (V3 eq. 15).
+    Chooses top_k by s + bias (V3 eq. 16), weighs them by s, renormalised or not (eq. 13), times the scaling."""
 
     def __init__(self, config, n_experts, top_k):
         super().__init__()
         if config.gate not in ("softmax", "sigmoid"):
             raise ValueError(f"unknown gate {config.gate!r}: use softmax or sigmoid")
-        self.top_k, self.gate, self.renormalize = top_k, config.gate, config.renormalize
-        self.noise, self.scaling = config.router_noise, config.routed_scaling_factor
+        self.config, self.top_k, self.gate = config, top_k, config.gate
         self.weight = nn.Parameter(torch.randn(n_experts, config.n_embd) * 0.02)
         self.register_buffer("bias", torch.zeros(n_experts))  # in the state_dict: a resumed run keeps it
 
@@ -229,42 +216,36 @@ class Router(nn.Module):
         """x (N, C) -> chosen experts (N, k), their weights (N, k), logits and scores (N, E)."""
         with torch.autocast(x.device.type, enabled=False):  # choices flip on rounding errors in bf16
             x = x.float()
-            if self.training and self.noise > 0:  # Switch's jitter: x * U(1 - eps, 1 + eps)
-                x = x * torch.empty_like(x).uniform_(1.0 - self.noise, 1.0 + self.noise)
+            if self.training and self.config.router_noise > 0:  # Switch's jitter: x * U(1 - eps, 1 + eps)
+                x = x * torch.empty_like(x).uniform_(1.0 - self.config.router_noise, 1.0 + self.config.router_noise)
             logits = F.linear(x, self.weight.float())
         scores = logits.softmax(dim=-1) if self.gate == "softmax" else logits.sigmoid()
         experts = torch.topk(scores.detach() + self.bias, self.top_k, dim=-1).indices
         weights = scores.gather(1, experts)
-        if self.renormalize:
+        if self.config.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return experts, self.scaling * weights, logits, scores
+        return experts, self.config.routed_scaling_factor * weights, logits, scores
 
 
 def grouped_mm_dtype(x, *weights):
-    """The dtype F.grouped_mm can run the experts in, or None to loop over them: x's on CPU, bfloat16 on
-    CUDA GPUs of capability 8.0+ under bf16 autocast; bfloat16 only under torch.compile; 16-byte rows."""
-    if not hasattr(F, "grouped_mm"):
+    """F.grouped_mm's dtype for the experts, or None to loop: x's on CPU, bf16 on CUDA 8.0+ under bf16 autocast."""
+    bf16_gpu = x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    dtype = x.dtype if x.device.type == "cpu" else torch.bfloat16 if bf16_gpu else None
+    if not hasattr(F, "grouped_mm") or dtype is None or (torch.compiler.is_compiling() and dtype != torch.bfloat16):
         return None
-    if x.device.type == "cpu":
-        dtype = x.dtype
-    elif x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16 \
-            and torch.cuda.get_device_capability(x.device) >= (8, 0):
-        dtype = torch.bfloat16
-    else:
-        return None
-    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+    if x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 0):
         return None
     return dtype if all(n * dtype.itemsize % 16 == 0 for w in weights for n in w.shape[1:]) else None
 
 
 class Experts(nn.Module):
-    """n_experts SwiGLU experts, weights stacked as gate and up (E, hidden, C) and down (E, C, hidden)."""
+    """n_experts SwiGLU experts, weights stacked as gate and up (E, hidden, C) and down (E, C, hidden); down
+    ends a residual branch, so its init is scaled by 1/sqrt(2 n_layer) as the model's other such Linears."""
 
     def __init__(self, n_experts, n_embd, hidden, n_layer):
         super().__init__()
         self.gate = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
         self.up = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
-        # ends a residual branch: scaled by 1/sqrt(2 n_layer) like the model's other such Linears
         self.down = nn.Parameter(torch.randn(n_experts, n_embd, hidden) * 0.02 / math.sqrt(2 * n_layer))
 
     def forward(self, x, counts):
@@ -276,30 +257,23 @@ class Experts(nn.Module):
             x = x.to(dtype)
             hidden = F.silu(F.grouped_mm(x, gate, offs=ends)) * F.grouped_mm(x, up, offs=ends)
             return F.grouped_mm(hidden, down, offs=ends)
-        outputs = []  # unbind, not indexing, so the backward stacks E gradients once
-        weights = zip(self.gate.unbind(0), self.up.unbind(0), self.down.unbind(0))
-        for rows, (gate, up, down) in zip(x.split(counts.tolist()), weights):
-            outputs.append(F.linear(F.silu(F.linear(rows, gate)) * F.linear(rows, up), down))
-        return torch.cat(outputs)
+        weights = zip(self.gate.unbind(0), self.up.unbind(0), self.down.unbind(0))  # unbind: one gradient stack
+        return torch.cat([F.linear(F.silu(F.linear(rows, gate)) * F.linear(rows, up), down)
+                          for rows, (gate, up, down) in zip(x.split(counts.tolist()), weights)])
 
 
 class MoE(nn.Module):
-    """DeepSeekMoE (arXiv 2401.06066 eqs. 9-11): shared experts plus the top-k routed ones. Granularity m
-    (§3.1) makes m*N routed experts of hidden/m, m*K chosen: the same parameters, total and active. The
-    shared experts (weight 1) run as one SwiGLU of K_s * hidden units, the same sum in one matmul."""
+    """DeepSeekMoE (eqs. 9-11): shared experts plus the top-k routed ones. Granularity m (§3.1): m*E routed
+    experts of hidden/m, m*k chosen. The shared experts (weight 1) run as one SwiGLU of K_s * hidden units."""
 
     def __init__(self, config):
         super().__init__()
         m, n_embd = config.granularity, config.n_embd
         dense_hidden = swiglu_hidden(n_embd, config.mlp_hidden, config.multiple_of)
         hidden = config.moe_hidden or dense_hidden // (config.top_k + config.n_shared_experts)
-        if m < 1 or hidden % m:
-            raise ValueError(f"granularity {m} must be >= 1 and divide the expert hidden size {hidden}")
-        if not 1 <= config.top_k <= config.n_routed_experts:
-            raise ValueError(f"top_k {config.top_k} must be between 1 and n_routed_experts {config.n_routed_experts}")
-        self.n_experts, self.top_k = m * config.n_routed_experts, m * config.top_k
-        self.capacity_factor, self.bias_update_rate = config.capacity_factor, config.bias_update_rate
-        self.seq_aux_loss_on = config.seq_aux_loss_weight > 0
+        if m < 1 or hidden % m or not 1 <= config.top_k <= config.n_routed_experts:
+            raise ValueError(f"granularity {m} must divide the expert size {hidden}, top_k be 1 to n_routed_experts")
+        self.config, self.n_experts, self.top_k = config, m * config.n_routed_experts, m * config.top_k
         self.router = Router(config, self.n_experts, self.top_k)
         self.experts = Experts(self.n_experts, n_embd, hidden // m, config.n_layer)
         self.shared = SwiGLU(n_embd, config.n_shared_experts * hidden) if config.n_shared_experts else None
@@ -311,13 +285,12 @@ class MoE(nn.Module):
         x = x.reshape(B * T, C)  # (N, C): N tokens, each routed on its own
         N, k, E = B * T, self.top_k, self.n_experts
         experts, weights, logits, scores = self.router(x)  # (N, k), (N, k), (N, E), (N, E)
-        # assignment a is token a // k's choice a % k; sorting them by expert (stably: token order
-        # within an expert) lines up each expert's rows
+        # assignment a is token a // k's choice a % k; a stable sort by expert lines up each expert's rows
         expert_of = experts.flatten()  # (N*k,)
         order = torch.argsort(expert_of, stable=True)
         counts = kept = torch.bincount(expert_of, minlength=E)  # (E,)
-        if self.capacity_factor > 0 and self.training:  # each expert keeps its first `capacity` tokens
-            capacity = math.ceil(self.capacity_factor * N * k / E)
+        if self.config.capacity_factor > 0 and self.training:  # each expert keeps its first `capacity` tokens
+            capacity = math.ceil(self.config.capacity_factor * N * k / E)
             first_row = counts.cumsum(0) - counts  # where each expert's rows begin in `order`
             order = order[torch.arange(N * k, device=x.device) - first_row[expert_of[order]] < capacity]
             kept = counts.clamp(max=capacity)
@@ -330,42 +303,40 @@ class MoE(nn.Module):
         return self.drop(out).view(B, T, C).type_as(x)
 
     def record(self, experts, counts, n_kept, logits, scores):
-        """This batch's balancing losses (unweighted, with gradients) and stats; experts is (B, T*k).
-        Switch's loss (eq. 4; DeepSeekMoE eq. 12 for top-k): E * sum_i f_i P_i, f_i the share of assignments
-        to expert i, P_i its mean score; 1 when uniform. V3's sequence-wise loss (eqs. 17-20) is the same per
-        sequence, averaged. ST-MoE's z-loss: its eq. 5."""
-        E = self.n_experts
+        """This batch's balancing losses (with gradients) and stats; experts is (B, T*k). Switch's loss (eq. 4;
+        top-k: DeepSeekMoE eq. 12), V3's per sequence (eqs. 17-20), ST-MoE's z-loss (eq. 5): docs/moe_gpt.md."""
+        E, config = self.n_experts, self.config
         load = counts.float() / counts.sum()
         probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
         self.aux_loss = E * (load * probs.mean(dim=0)).sum()
         self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+        self.weighted_loss = config.aux_loss_weight * self.aux_loss + config.z_loss_weight * self.z_loss
         self.stats = {"load": load, "dropped": 1.0 - n_kept / experts.numel(),
                       "aux_loss": self.aux_loss.detach(), "z_loss": self.z_loss.detach()}
-        if self.seq_aux_loss_on:
+        if config.seq_aux_loss_weight > 0:  # off by default: not even computed
             B, Tk = experts.shape
             ones = torch.ones_like(experts, dtype=torch.float)
             seq_load = torch.zeros(B, E, device=experts.device).scatter_add_(1, experts, ones) / Tk  # (B, E)
             seq_probs = probs.view(B, -1, E).mean(dim=1)  # (B, E): P_i of eqs. 19-20
             self.seq_aux_loss = E * (seq_load * seq_probs).sum(dim=-1).mean()  # eq. 17, f_i of eq. 18
+            self.weighted_loss = self.weighted_loss + config.seq_aux_loss_weight * self.seq_aux_loss
             self.stats["seq_aux_loss"] = self.seq_aux_loss.detach()
-        if self.training and self.bias_update_rate > 0:
+        if self.training and config.bias_update_rate > 0:
             self.counts = counts.float() if self.counts is None else self.counts + counts
 
     @torch.no_grad()
     def update_bias(self):
-        """DeepSeek-V3's auxiliary-loss-free balancing (§2.1.2), called after each optimizer step:
-        bias_i += rate * sign(mean load - load_i), loads since the last step summed over all ranks."""
+        """V3's auxiliary-loss-free balancing (§2.1.2), after each step: bias_i += rate * sign(mean load - load_i)."""
         if self.counts is None:
             return
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.counts)
-        self.router.bias += self.bias_update_rate * torch.sign(self.counts.mean() - self.counts)
+        self.router.bias += self.config.bias_update_rate * torch.sign(self.counts.mean() - self.counts)
         self.counts = None
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x)); mlp is a MoE layer
-    from block `first_dense_layers` on."""
+    """Pre-norm block: x + attn(norm_1(x)), then + mlp(norm_2(x)), mlp a MoE from block first_dense_layers on."""
 
     def __init__(self, config, layer):
         super().__init__()
@@ -404,9 +375,8 @@ class MoEGPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets
-        (B, T; -100 is ignored) when given, plus in training the weighted MoE losses. With `cache`
-        (new_cache()) idx continues the cached positions."""
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
+        -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -419,10 +389,7 @@ class MoEGPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             if self.training:
-                for moe in self.moe_layers():
-                    loss = loss + self.config.aux_loss_weight * moe.aux_loss + self.config.z_loss_weight * moe.z_loss
-                    if moe.seq_aux_loss_on:
-                        loss = loss + self.config.seq_aux_loss_weight * moe.seq_aux_loss
+                loss = loss + sum(moe.weighted_loss for moe in self.moe_layers())
         return logits, loss
 
     def moe_layers(self):
@@ -430,17 +397,15 @@ class MoEGPT(nn.Module):
         return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
 
     def new_cache(self, batch_size):
-        """An empty KV cache (one KVCache per layer, n_kv_head heads each) as long as the context."""
-        config, w = self.config, self.wte.weight
-        head_dim = self.h[0].attn.head_dim
+        """An empty KV cache as long as the context: one KVCache of n_kv_head heads per layer."""
+        config, w, head_dim = self.config, self.wte.weight, self.h[0].attn.head_dim
         return [KVCache(batch_size, config.n_kv_head, config.block_size, head_dim, w.device, w.dtype)
                 for _ in range(config.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. With the cache a new token
-        costs one position's compute; once the context is full the window slides and the cache is rebuilt
-        from the last block_size - 1 tokens, exactly what the cache-less path computes."""
+        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. Past block_size the window slides
+        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes."""
         block_size = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -465,8 +430,7 @@ class MoEGPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def param_counts(self):
-        """Total parameters (a tied head counted once) and those active per token: all but the
-        routed experts a token does not use (it uses top_k of n_experts in each MoE layer)."""
+        """Total parameters (a tied head counted once), and active ones: all but the routed experts a token skips."""
         total = sum(p.numel() for p in self.parameters())
         idle = sum(sum(p.numel() for p in moe.experts.parameters()) * (1 - moe.top_k / moe.n_experts)
                    for moe in self.moe_layers())
@@ -484,8 +448,7 @@ Config, Model = MoEGPTConfig, MoEGPT  # the names train.py looks for in every mo
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick one token per row of logits (B, V): greedy at temperature 0, else sample after
-    keeping the top_k most likely tokens and/or the smallest set whose probability >= top_p."""
+    """One token per row of logits (B, V): greedy at temperature 0, else drawn from the top_k / top_p best."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -508,21 +471,18 @@ GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "g
 
 
 class Tokenizer:
-    """Text <-> token ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, its ranks read from
-    data/gpt2.tiktoken (lines of base64(token bytes) and rank: no network); "bpe": a BPE learned from the
-    corpus by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs are byte-level, split text
-    with GPT-2's pattern and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds it."""
+    """Text <-> ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, read from data/gpt2.tiktoken
+    (no network); "bpe": a BPE learned by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs
+    are byte-level and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds the tokenizer."""
 
     def __init__(self, kind="gpt2", chars="", merges=()):
         self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
         self.char_to_id = {ch: i for i, ch in enumerate(chars)}
+        if kind == "gpt2" and not os.path.exists(GPT2_RANKS):
+            raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs data/gpt2.tiktoken beside this file")
         if kind == "gpt2":
-            if not os.path.exists(GPT2_RANKS):
-                raise FileNotFoundError(f"{GPT2_RANKS} not found: GPT-2's BPE needs nanodecoder's data/gpt2.tiktoken "
-                                        "in a data/ folder beside the model file")
-            with open(GPT2_RANKS, "rb") as f:
-                lines = [line.split() for line in f if line.strip()]
-            ranks = {base64.b64decode(token): int(rank) for token, rank in lines}
+            with open(GPT2_RANKS, "rb") as f:  # lines of base64(token bytes) and rank
+                ranks = {base64.b64decode(token): int(rank) for token, rank in map(bytes.split, f)}
         elif kind == "bpe":
             tokens = [bytes([b]) for b in range(256)]
             for a, b in self.merges:
@@ -553,24 +513,22 @@ class Tokenizer:
 
 
 def load_dataset(path, tokenizer=None):
-    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids,
-    used as they are), or from a UTF-8 text file whose first 90% of characters are for training and last 10%
-    for validation, encoded with `tokenizer` (default: one id per character of the text). BPE ids are cached
-    as uint16 in <path>.<kind>-<vocab size>-<checksum>.npz while it is newer than the text."""
+    """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids), or
+    from a UTF-8 text, 90% of its characters for training, by `tokenizer` (default: its characters)."""
     if os.path.isdir(path):
         bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
         train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
         return train, val, Tokenizer("gpt2")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    train_text, val_text = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
     tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
-    # the merges' checksum tells two learned BPEs of one size apart
+    # BPE ids cached as uint16 while newer than the text; the checksum tells learned BPEs of one size apart
     cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
     if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
         with np.load(cache) as saved:
             return saved["train"], saved["val"], tokenizer
-    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (train_text, val_text))
+    cut = int(0.9 * len(text))
+    train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (text[:cut], text[cut:]))
     if tokenizer.kind != "char":  # characters are a table lookup: no cache needed
         try:
             np.savez(cache + ".tmp.npz", train=train, val=val)
@@ -594,8 +552,7 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, tokenizer, checkpoint dict) from a file train.py saved. weights_only=True:
-    torch.load reads tensors and plain values, nothing else in the file is unpickled."""
+    """(model in eval mode, tokenizer, checkpoint dict) from train.py's file, read with weights_only=True."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
     try:
@@ -612,14 +569,12 @@ def load_checkpoint(path, device="cpu"):
 
 def main():
     parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.")
-    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights of --preset)")
-    parser.add_argument("--preset", default="cpu", choices=PRESETS)
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights, cpu preset)")
     parser.add_argument("--prompt", default="\n")
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)  # 0 = greedy
     parser.add_argument("--top_k", type=int, default=200)
     parser.add_argument("--top_p", type=float)
-    parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -628,7 +583,7 @@ def main():
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
         else:
-            model, tokenizer = Model(Config(**PRESETS[args.preset])).to(args.device).eval(), Tokenizer("gpt2")
+            model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
         if not prompt:
             raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
@@ -636,9 +591,9 @@ def main():
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
-    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-    for row in model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p).tolist():
-        print(tokenizer.decode(row), "-" * 40, sep="\n")
+    idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    print(tokenizer.decode(out[0].tolist()))
 
 
 if __name__ == "__main__":
