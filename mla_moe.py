@@ -559,7 +559,7 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}): was it cut short?") from err
     model_type = ckpt.get("model_type") if isinstance(ckpt, dict) else None
     if model_type != MODEL_TYPE:
-        raise ValueError(f"{path} holds a {model_type!r} model, not a {MODEL_TYPE!r} one: use that model's file")
+        raise ValueError(f"{path} holds a {model_type!r} model, not {MODEL_TYPE!r}: use its file or --model_type")
     model = Model(Config(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"]), ckpt
@@ -567,14 +567,12 @@ def load_checkpoint(path, device="cpu"):
 
 def main():
     parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.")
-    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights of --preset)")
-    parser.add_argument("--preset", default="cpu", choices=PRESETS)
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights, cpu preset)")
     parser.add_argument("--prompt", default="\n")
     parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--temperature", type=float, default=0.8)  # 0 = greedy
     parser.add_argument("--top_k", type=int, default=200)
     parser.add_argument("--top_p", type=float)
-    parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -583,7 +581,7 @@ def main():
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
         else:
-            model, tokenizer = Model(Config(**PRESETS[args.preset])).to(args.device).eval(), Tokenizer("gpt2")
+            model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
         if not prompt:
             raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
@@ -591,9 +589,9 @@ def main():
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
-    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-    for row in model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p).tolist():
-        print(tokenizer.decode(row), "-" * 40, sep="\n")
+    idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    print(tokenizer.decode(out[0].tolist()))
 
 
 if __name__ == "__main__":

@@ -419,7 +419,7 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}): was it cut short?") from err
     model_type = ckpt.get("model_type") if isinstance(ckpt, dict) else None
     if model_type != MODEL_TYPE:
-        raise ValueError(f"{path} holds a {model_type!r} model, not a {MODEL_TYPE!r} one: use that model's file")
+        raise ValueError(f"{path} holds a {model_type!r} model, not {MODEL_TYPE!r}: use its file or --model_type")
     model = Model(Config(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"]), ckpt

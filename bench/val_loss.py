@@ -43,7 +43,7 @@ def whole_split_loss(model, ids, block_size, batch_size=64):
 
 def load_nanogpt_checkpoint(ckpt, data):
     """gpt.py's model and char tokenizer for a nanoGPT checkpoint (its "model_args" and "model")."""
-    _, _, tokenizer = gpt.load_dataset(data, "char")
+    _, _, tokenizer = gpt.load_dataset(data)  # its characters, as nanoGPT's prepare.py
     args = {k: v for k, v in ckpt["model_args"].items() if k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
     model = gpt.GPT(gpt.GPTConfig(**args, vocab_size=ckpt["model_args"]["vocab_size"], gelu_approximate="none"))
     prefixes = ("_orig_mod.", "transformer.")  # torch.compile's wrapper, nanoGPT's module dict
@@ -72,8 +72,8 @@ def main():
         else:
             model_type = ckpt["model_type"]
             module = importlib.import_module(MODEL_FILES[model_type])
-            model, tokenizer = module.load_checkpoint(path)
-        _, val_ids, _ = module.load_dataset(args.data, tokenizer.kind, getattr(tokenizer, "chars", None))
+            model, tokenizer, _ = module.load_checkpoint(path)
+        _, val_ids, _ = module.load_dataset(args.data, tokenizer)
         loss, tokens = whole_split_loss(model, val_ids, model.config.block_size)
         print(f"{path}: {model_type}, whole validation split ({tokens:,} tokens): loss {loss:.4f}")
 

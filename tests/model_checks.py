@@ -3,6 +3,8 @@
 Each takes a freshly built model (small config, dropout 0) and asserts a property that a
 bug in attention masking, caching or wiring would break.
 """
+import dataclasses
+
 import torch
 
 
@@ -79,3 +81,10 @@ def check_overfits_one_batch(model, vocab_size, steps=150, lr=3e-3, B=4, T=16, t
         loss.backward()
         optimizer.step()
     assert loss.item() < target < first, f"loss went from {first:.3f} to {loss.item():.3f}, not below {target}"
+
+
+def save_checkpoint(module, model, tokenizer, path):
+    """A checkpoint as train.py writes one: the model type, the config as a plain dict, the weights and the
+    tokenizer's state, in one torch.save."""
+    torch.save({"model_type": module.MODEL_TYPE, "config": dataclasses.asdict(model.config),
+                "model": model.state_dict(), "tokenizer": tokenizer.state()}, path)

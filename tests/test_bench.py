@@ -1,5 +1,5 @@
 """bench/val_loss.py, the script behind the README's whole-split figures: its loss against a direct
-computation, and a checkpoint in nanoGPT's format scored through gpt.py."""
+computation, a checkpoint in nanoGPT's format scored through gpt.py, and a train.py checkpoint through its file."""
 import os
 import subprocess
 import sys
@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import gpt
+import modern_gpt
+from model_checks import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -31,7 +33,7 @@ def test_a_nanogpt_checkpoint_is_scored_through_gpt_py(tmp_path):
     text = "".join(np.random.default_rng(1).choice(list("abcdefgh \n"), 3000))
     data = tmp_path / "corpus.txt"
     data.write_text(text)
-    _, val_ids, tokenizer = gpt.load_dataset(str(data), "char")
+    _, val_ids, tokenizer = gpt.load_dataset(str(data))  # char-level: the characters of the text
     args = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=tokenizer.vocab_size, dropout=0.0)
     torch.manual_seed(0)
     model = gpt.GPT(gpt.GPTConfig(**{k: v for k, v in args.items() if k != "dropout"}, gelu_approximate="none")).eval()
@@ -44,3 +46,19 @@ def test_a_nanogpt_checkpoint_is_scored_through_gpt_py(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "nanoGPT" in result.stdout and f"loss {expected:.4f}" in result.stdout
+
+
+def test_a_train_py_checkpoint_is_scored_through_its_model_file(tmp_path):
+    text = "".join(np.random.default_rng(2).choice(list("abcdefgh \n"), 3000))
+    data = tmp_path / "corpus.txt"
+    data.write_text(text)
+    _, val_ids, tokenizer = modern_gpt.load_dataset(str(data))
+    torch.manual_seed(0)
+    model = modern_gpt.ModernGPT(modern_gpt.ModernGPTConfig(block_size=16, vocab_size=tokenizer.vocab_size, n_layer=1,
+                                                            n_head=2, n_kv_head=1, n_embd=16, multiple_of=16)).eval()
+    save_checkpoint(modern_gpt, model, tokenizer, tmp_path / "ckpt.pt")
+    expected, count = val_loss.whole_split_loss(model, val_ids, 16)
+    result = subprocess.run([sys.executable, "bench/val_loss.py", str(tmp_path / "ckpt.pt"), "--data", str(data)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert f"moderngpt, whole validation split ({count:,} tokens): loss {expected:.4f}" in result.stdout

@@ -1,7 +1,8 @@
-"""fgram_moe.py: the model's invariants, F-gram mining and lookup against plain references,
-the F-gram encoder and gate, F-grams off, and train.py end to end."""
+"""fgram_moe.py: the model's invariants, its MoE against a per-token reference loop, F-gram mining and lookup
+against plain references, the F-gram encoder and gate, F-grams off (= moe_gpt.py), and train.py end to end."""
 import collections
-import inspect
+import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -9,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fgram_moe as fm
-import modern_gpt as mg
 import moe_gpt
 from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
                           check_kv_cache_matches_recompute, check_overfits_one_batch)
@@ -176,20 +177,104 @@ def test_gate_merges_found_ngrams_only():
     assert torch.allclose(model.fgram_gate(x, vectors, rows), expected, atol=1e-6)
 
 
-def test_fgrams_off_is_exactly_moe_gpt():
-    # fgram_max_n 0: the same parameters, names and outputs (with the balancing losses) as moe_gpt.py's model
-    model = tiny(fgram_max_n=0)
-    config = {k: v for k, v in vars(model.config).items() if not k.startswith("fgram")}
-    plain = moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(**config))
-    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
-    plain.load_state_dict(model.state_dict())
+def moe_gpt_twin(model):
+    """moe_gpt.py's MoEGPT set up as fgram_moe's plain MoE (one granularity, no shared experts, softmax gate,
+    renormalised top_k, no z-loss), with the weights of `model` (F-grams off): the router's matrix, and each
+    expert's SwiGLU stacked into moe_gpt's Experts."""
+    c = model.config
+    shared = {f.name for f in dataclasses.fields(moe_gpt.MoEGPTConfig)} & {f.name for f in dataclasses.fields(c)}
+    hidden = model.h[0].mlp.experts[0].gate.out_features
+    plain = moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(
+        **{name: getattr(c, name) for name in shared if name != "moe_hidden"}, n_routed_experts=c.n_experts,
+        moe_hidden=hidden, n_shared_experts=0, granularity=1, z_loss_weight=0.0, gate="softmax", renormalize=True,
+        first_dense_layers=0, tie_embeddings=True, seq_aux_loss_weight=0.0, bias_update_rate=0.0))
+    state = {name: t for name, t in model.state_dict().items() if ".mlp.experts." not in name}
+    for i, block in enumerate(model.h):
+        for part in ("gate", "up", "down"):
+            state[f"h.{i}.mlp.experts.{part}"] = torch.stack([getattr(e, part).weight for e in block.mlp.experts])
+        state[f"h.{i}.mlp.router.bias"] = torch.zeros(c.n_experts)
+    plain.load_state_dict(state)  # strict: every weight of one model has its place in the other
+    return plain
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_fgrams_off_equals_moe_gpt_set_up_as_the_plain_moe(top_k, monkeypatch):
+    monkeypatch.setattr(moe_gpt, "grouped_mm_dtype", lambda *args: None)  # both loop over the experts
+    model = tiny(fgram_max_n=0, top_k=top_k, aux_loss_weight=0.1)
+    plain = moe_gpt_twin(model)
+    assert plain.h[0].mlp.n_experts == 4 and plain.h[0].mlp.top_k == top_k and plain.h[0].mlp.shared is None
     idx, targets = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
-    for mode in (model.train, model.eval):
-        mode(), plain.train(mode == model.train)
+    for training in (True, False):
+        model.train(training), plain.train(training)
         (logits, loss), (plain_logits, plain_loss) = model(idx, targets), plain(idx, targets)
-        assert torch.equal(logits, plain_logits) and torch.equal(loss, plain_loss)
+        assert torch.equal(logits, plain_logits) and torch.equal(loss, plain_loss)  # the same operations, in order
+        for ours, theirs in zip(model.moe_layers(), plain.moe_layers()):
+            assert torch.equal(ours.stats["load"], theirs.stats["load"])
+            torch.testing.assert_close(ours.aux_loss, theirs.aux_loss)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert torch.allclose(loss, ce)  # eval: the LM loss only ...
+    model.train()
+    assert model(idx, targets)[1] > ce + 0.1 * 0.9 * len(model.h)  # ... training adds the Switch loss (>= 1 each)
     assert model.param_counts() == plain.param_counts()
     model.prepare_data(corpus())  # a no-op without F-grams
+
+
+def reference_moe(moe, x):
+    """NanoMoE's MoE token by token: softmax over the experts, the top_k, their probabilities renormalised to sum
+    1; Switch's loss E sum_i f_i P_i (f_i: share of the N*k assignments, P_i: mean probability)."""
+    E, k = moe.n_experts, moe.top_k
+    out, counts, mean_probs = torch.zeros_like(x), torch.zeros(E), torch.zeros(E)
+    for t in range(x.size(0)):
+        probs = (moe.router.weight @ x[t]).softmax(-1)
+        best = torch.topk(probs, k)
+        for e, w in zip(best.indices.tolist(), (best.values / best.values.sum()).tolist()):
+            mlp = moe.experts[e]
+            out[t] += w * (mlp.down.weight @ (F.silu(mlp.gate.weight @ x[t]) * (mlp.up.weight @ x[t])))
+            counts[e] += 1
+        mean_probs += probs / x.size(0)
+    load = counts / counts.sum()
+    return out, load, E * (load * mean_probs).sum()
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_moe_layer_equals_per_token_reference(top_k):
+    torch.manual_seed(0)
+    config = fm.FgramMoEConfig(n_embd=32, n_head=2, n_kv_head=2, multiple_of=16, dropout=0.0, top_k=top_k,
+                               moe_hidden=24, aux_loss_weight=0.5)
+    moe = fm.MoE(config)
+    with torch.no_grad():
+        moe.router.weight.normal_(0.0, 0.3)  # probabilities far from uniform: choices differ between tokens
+    x = torch.randn(2, 20, 32)
+    out = moe(x)
+    expected, load, aux_loss = reference_moe(moe, x.view(40, 32))
+    assert torch.allclose(out, expected.view(2, 20, 32), atol=1e-5)
+    assert torch.allclose(moe.stats["load"], load) and (load > 0).sum() > 1
+    assert torch.allclose(moe.aux_loss, aux_loss) and torch.allclose(moe.stats["aux_loss"], aux_loss)
+    assert torch.allclose(moe.weighted_loss, 0.5 * aux_loss) and set(moe.stats) == {"load", "aux_loss"}
+    moe.weighted_loss.backward()
+    assert moe.router.weight.grad.abs().sum() > 0  # the balancing loss trains the router
+
+
+def test_switch_loss_is_one_when_uniform_and_larger_when_skewed():
+    moe = fm.MoE(fm.FgramMoEConfig(n_embd=32, n_experts=4, top_k=1, dropout=0.0))
+    with torch.no_grad():
+        moe.router.weight.copy_(torch.eye(4, 32) * 20)
+    moe(torch.eye(4, 32).repeat(8, 1).view(2, 16, 32))  # token t points at expert t % 4
+    assert moe.stats["load"].tolist() == [0.25] * 4 and math.isclose(moe.aux_loss.item(), 1.0, rel_tol=1e-5)
+    moe(torch.eye(4, 32)[0].repeat(32, 1).view(2, 16, 32))  # every token points at expert 0
+    assert moe.aux_loss.item() > 3.9
+
+
+def test_blocks_are_moe_by_default_and_the_head_is_tied():
+    config = fm.FgramMoEConfig(n_embd=32, n_head=2, n_kv_head=2, multiple_of=16)
+    assert isinstance(fm.Block(config).mlp, fm.MoE) and isinstance(fm.Block(config, moe=False).mlp, fm.SwiGLU)
+    moe = fm.Block(config).mlp
+    assert moe.n_experts == 4 and moe.top_k == 2 and moe.experts[0].gate.out_features == 96 // 2
+    assert moe.router.weight.shape == (4, 32) and moe.router.bias is None
+    model = tiny()
+    assert model.lm_head.weight is model.wte.weight and len(model.moe_layers()) == 2
+    with pytest.raises(ValueError, match="top_k 5 must be between 1 and n_experts 4"):
+        tiny(top_k=5)
 
 
 def test_unmined_table_adds_nothing():
@@ -211,19 +296,6 @@ def test_bad_config_is_a_clear_error(kw, message):
 def test_ids_outside_the_vocabulary_are_a_clear_error():
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tiny(prepared=False).prepare_data(np.array([1, 2, VOCAB], dtype=np.uint16))
-
-
-def test_shared_blocks_are_copies():
-    for name in ["RMSNorm", "RotaryEmbedding", "KVCache", "causal_attention", "CausalSelfAttention", "swiglu_hidden",
-                 "SwiGLU", "sample_next_token", "gpt2_encoding", "Tokenizer", "load_dataset", "cached_bpe_ids",
-                 "get_batch"]:
-        assert inspect.getsource(getattr(fm, name)) == inspect.getsource(getattr(mg, name)), name
-    for name in ["Router", "grouped_mm_dtype", "Experts", "MoE", "Block", "load_checkpoint"]:
-        assert inspect.getsource(getattr(fm, name)) == inspect.getsource(getattr(moe_gpt, name)), name
-    for name in ["_init_weights", "moe_layers", "moe_stats", "update_balance_bias", "generate", "configure_optimizers",
-                 "param_counts"]:
-        ours, theirs = (inspect.getsource(getattr(cls, name)) for cls in (fm.FgramMoE, moe_gpt.MoEGPT))
-        assert ours == theirs, name
 
 
 # ----------------------------------------------------------------------------- train.py

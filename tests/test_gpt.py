@@ -1,14 +1,23 @@
-"""gpt.py: the model's invariants, sampling, tokenizers and data."""
+"""gpt.py: the model's invariants, sampling, and the tail every model file shares (test_twins.py holds the
+copies identical): tokenizers, data, checkpoints and the sampling CLI."""
+import io
 import math
+import os
+import random
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
+import bpe
 import gpt
 from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
-                          check_kv_cache_matches_recompute, check_overfits_one_batch)
+                          check_kv_cache_matches_recompute, check_overfits_one_batch, save_checkpoint)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
 
 
@@ -130,44 +139,143 @@ def test_sampling_filters():
     assert drawn == {3}
 
 
+# ----------------------------------------------------------------------------- tokenizers
+
 def test_gpt2_tokenizer_is_offline_and_exact():
     tok = gpt.Tokenizer("gpt2")
     assert tok.encode("Hello world") == [15496, 995]
-    assert tok.vocab_size == 50257
+    assert tok.vocab_size == 50257 and tok.kind == "gpt2"
     assert tok.bpe.encode("<|endoftext|>", allowed_special="all") == [50256]
     text = "First Citizen:\nBefore we proceed any further, hear me speak."
     assert tok.decode(tok.encode(text)) == text
+    assert gpt.Tokenizer(**tok.state()).encode(text) == tok.encode(text)
 
 
 def test_char_tokenizer_round_trip_and_unknown_character():
     tok = gpt.Tokenizer("char", "\n !abc")
-    assert tok.encode("abc!") == [3, 4, 5, 2]
+    assert tok.encode("abc!") == [3, 4, 5, 2] and tok.vocab_size == 6
     assert tok.decode([3, 4, 5]) == "abc"
-    with pytest.raises(ValueError, match="not in this char vocabulary"):
-        tok.encode("xyz")
+    with pytest.raises(ValueError, match="'xyz' are not in this char vocabulary"):
+        tok.encode("xaybzc")
     assert gpt.Tokenizer(**tok.state()).chars == tok.chars
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        gpt.Tokenizer("wordpiece")
 
 
-def test_text_file_is_tokenized_once_and_split_90_10(tmp_path):
+def test_bpe_merge_i_makes_token_256_plus_i():
+    # "he" = 256, "hel" = 257, " w" = 258; <|endoftext|> is the last id
+    tok = gpt.Tokenizer("bpe", merges=[(104, 101), (256, 108), (32, 119)])
+    assert tok.vocab_size == 256 + 3 + 1 and tok.kind == "bpe"
+    assert tok.encode("hello world") == [257, 108, 111, 258, 111, 114, 108, 100]
+    assert tok.decode([257, 258]) == "hel w"
+    assert tok.bpe.encode("<|endoftext|>", allowed_special="all") == [259]
+
+
+UNICODE = "naïve café, Ærø; Привет, мир! 🎉🎉 👍🏽 日本語のテキスト e\u0301 don't we'll\t\ttabs  and   spaces\n\n"
+
+
+def random_unicode(n, seed=0):
+    """n characters from anywhere in Unicode (no surrogates): scripts, emoji, controls, combining marks."""
+    rng = random.Random(seed)
+    return "".join(chr(rng.choice([rng.randint(0, 0x7F), rng.randint(0x80, 0xD7FF), rng.randint(0xE000, 0x10FFFF)]))
+                   for _ in range(n))
+
+
+def test_learned_bpe_round_trips_any_text_and_its_state():
+    merges = bpe.learn_bpe(3 * UNICODE + "to be or not to be, that is the question", 256 + 1 + 120)
+    tok = gpt.Tokenizer("bpe", merges=merges)
+    assert tok.vocab_size == 256 + len(merges) + 1 and len(merges) > 50
+    assert tok.encode(UNICODE) == bpe.encoding_from_merges(merges).encode_ordinary(UNICODE)  # as bpe.py encodes
+    assert len(tok.encode(UNICODE)) < len(UNICODE.encode("utf-8")) / 2  # the merges are used
+    texts = [UNICODE, random_unicode(2000), random_unicode(300, seed=1), "", " ", "\x00\r\n\ufeff", "x" * 500]
+    for text in texts:
+        assert tok.decode(tok.encode(text)) == text
+    # the state is what a checkpoint keeps: it survives torch.save / torch.load(weights_only=True)
+    state = tok.state()
+    assert state == {"kind": "bpe", "chars": "", "merges": [tuple(m) for m in merges]}
+    buffer = io.BytesIO()
+    torch.save({"tokenizer": state}, buffer)
+    buffer.seek(0)
+    again = gpt.Tokenizer(**torch.load(buffer, weights_only=True)["tokenizer"])
+    assert again.merges == tok.merges and again.encode(texts[1]) == tok.encode(texts[1])
+    as_json = gpt.Tokenizer(kind="bpe", merges=[list(m) for m in merges])  # pairs as lists, e.g. from JSON
+    assert as_json.state() == state
+
+
+# ----------------------------------------------------------------------------- data
+
+TEXT = "to be or not to be, that is the question. Ünïcödé: 日本語 🎉\n" * 40
+
+
+def write_corpus(tmp_path, text=TEXT):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("to be or not to be, that is the question. " * 50)
-    train, val, tok = gpt.load_dataset(str(corpus), "gpt2")
-    cache = tmp_path / "corpus.txt.gpt2.bin"
-    assert cache.exists()
-    assert len(train) == int(0.9 * (len(train) + len(val)))
-    assert tok.decode(np.concatenate([train, val]).tolist()) == corpus.read_text()
-    cache.write_bytes(np.array([1, 2, 3], dtype=np.uint16).tobytes())  # a newer cache is trusted as is
-    train, val, _ = gpt.load_dataset(str(corpus), "gpt2")
-    assert np.concatenate([train, val]).tolist() == [1, 2, 3]
+    corpus.write_text(text, encoding="utf-8")
+    return str(corpus)
+
+
+def npz_cache(path, tokenizer):
+    return f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
+
+
+def test_default_tokenizer_is_the_characters_of_the_text_split_by_characters(tmp_path):
+    corpus = write_corpus(tmp_path)
+    train, val, tok = gpt.load_dataset(corpus)
+    assert tok.kind == "char" and tok.chars == "".join(sorted(set(TEXT)))
+    cut = int(0.9 * len(TEXT))  # characters, not tokens
+    assert tok.decode(train.tolist()) == TEXT[:cut] and tok.decode(val.tolist()) == TEXT[cut:]
+    assert train.dtype == val.dtype == np.uint16
+    assert os.listdir(tmp_path) == ["corpus.txt"]  # no cache for characters
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bpe"])
+def test_bpe_ids_are_split_by_characters_and_cached(tmp_path, kind):
+    corpus = write_corpus(tmp_path)
+    tok = gpt.Tokenizer(kind, merges=bpe.learn_bpe(TEXT, 300) if kind == "bpe" else ())
+    train, val, same = gpt.load_dataset(corpus, tok)
+    assert same is tok
+    cut = int(0.9 * len(TEXT))
+    assert tok.decode(train.tolist()) == TEXT[:cut] and tok.decode(val.tolist()) == TEXT[cut:]
+    assert sorted(os.listdir(tmp_path)) == sorted(["corpus.txt", os.path.basename(npz_cache(corpus, tok))])
+    with np.load(npz_cache(corpus, tok)) as saved:
+        assert np.array_equal(saved["train"], train) and np.array_equal(saved["val"], val)
+
+
+def test_cache_is_reused_while_newer_than_the_text(tmp_path):
+    corpus = write_corpus(tmp_path)
+    tok = gpt.Tokenizer("gpt2")
+    train, val, _ = gpt.load_dataset(corpus, tok)
+    cache = npz_cache(corpus, tok)
+    np.savez(cache, train=np.array([1, 2, 3], dtype=np.uint16), val=np.array([4], dtype=np.uint16))
+    os.utime(cache, (os.path.getmtime(corpus) + 10,) * 2)  # newer than the text: trusted as it is
+    cached_train, cached_val, _ = gpt.load_dataset(corpus, tok)
+    assert cached_train.tolist() == [1, 2, 3] and cached_val.tolist() == [4]
+    os.utime(corpus, (os.path.getmtime(cache) + 10,) * 2)  # the text changed since: tokenized again
+    again_train, again_val, _ = gpt.load_dataset(corpus, tok)
+    assert np.array_equal(again_train, train) and np.array_equal(again_val, val)
+    with np.load(cache) as saved:
+        assert np.array_equal(saved["train"], train)  # and the cache rewritten
+
+
+def test_two_learned_bpes_of_one_size_get_their_own_caches(tmp_path):
+    corpus = write_corpus(tmp_path)
+    one = gpt.Tokenizer("bpe", merges=[(116, 111), (98, 101)])  # "to", "be"
+    other = gpt.Tokenizer("bpe", merges=[(116, 104), (32, 116)])  # "th", " t"
+    assert one.vocab_size == other.vocab_size
+    ids_one = gpt.load_dataset(corpus, one)[0]
+    ids_other = gpt.load_dataset(corpus, other)[0]
+    assert npz_cache(corpus, one) != npz_cache(corpus, other)
+    assert os.path.exists(npz_cache(corpus, one)) and os.path.exists(npz_cache(corpus, other))
+    assert one.decode(gpt.load_dataset(corpus, one)[0].tolist()) == TEXT[:int(0.9 * len(TEXT))]
+    assert other.decode(gpt.load_dataset(corpus, other)[0].tolist()) == TEXT[:int(0.9 * len(TEXT))]
+    assert ids_one.tolist() != ids_other.tolist()
 
 
 def test_bin_folder_is_used_as_is(tmp_path):
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "train.bin")
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "val.bin")
-    train, val, tok = gpt.load_dataset(str(tmp_path), "gpt2")
-    assert len(train) == 1000 and len(val) == 100 and tok.kind == "gpt2"
-    with pytest.raises(ValueError, match="--tokenizer gpt2"):
-        gpt.load_dataset(str(tmp_path), "char")
+    train, val, tok = gpt.load_dataset(str(tmp_path))
+    assert isinstance(train, np.memmap) and train.tolist() == list(range(1000)) and val.tolist() == list(range(100))
+    assert tok.kind == "gpt2"
 
 
 def test_batches_are_next_token_windows():
@@ -176,3 +284,98 @@ def test_batches_are_next_token_windows():
     assert x.shape == y.shape == (4, 8) and x.dtype == torch.long
     assert torch.equal(y, x + 1)  # consecutive ids: each target is the next token
     assert x.max() < 499
+
+
+# ----------------------------------------------------------------------------- checkpoints and the CLI
+
+CHARS = "\n !:ABCEMOR"
+
+
+def tiny_checkpoint(path, model_type="gpt"):
+    model = tiny(vocab_size=len(CHARS))
+    save_checkpoint(gpt, model, gpt.Tokenizer("char", CHARS), path)
+    if model_type != "gpt":
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["model_type"] = model_type
+        torch.save(ckpt, path)
+    return model
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny_checkpoint(tmp_path / "ckpt.pt").eval()
+    loaded, tokenizer, ckpt = gpt.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert not loaded.training and loaded.config == model.config
+    assert tokenizer.chars == CHARS and ckpt["tokenizer"]["chars"] == CHARS
+    idx = torch.randint(0, len(CHARS), (2, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+
+
+def unreadable(tmp_path, what):
+    """A file that is not a checkpoint: nothing in it, a real one cut in half, or random bytes."""
+    path = tmp_path / f"{what}.pt"
+    if what == "empty":
+        path.write_bytes(b"")
+    elif what == "truncated":
+        tiny_checkpoint(path)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    else:
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    return str(path)
+
+
+@pytest.mark.parametrize("what", ["empty", "truncated", "random"])
+def test_unreadable_checkpoint_is_a_value_error_naming_the_file(tmp_path, what):
+    path = unreadable(tmp_path, what)
+    with pytest.raises(ValueError, match="not a readable checkpoint") as error:
+        gpt.load_checkpoint(path)
+    assert path in str(error.value)
+
+
+def test_missing_checkpoint_or_another_model_type_is_a_clear_error(tmp_path):
+    missing = str(tmp_path / "nothing here" / "ckpt.pt")
+    with pytest.raises(FileNotFoundError) as error:
+        gpt.load_checkpoint(missing)
+    assert missing in str(error.value)
+    with pytest.raises(FileNotFoundError):
+        gpt.load_checkpoint(str(tmp_path))  # a folder is no checkpoint either
+    tiny_checkpoint(tmp_path / "modern.pt", model_type="moderngpt")
+    with pytest.raises(ValueError, match="'moderngpt'") as error:
+        gpt.load_checkpoint(str(tmp_path / "modern.pt"))
+    assert str(tmp_path / "modern.pt") in str(error.value) and "'gpt'" in str(error.value)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "gpt.py", *args, "--device", "cpu"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def assert_one_line_error(result, *phrases):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+def test_cli_samples_from_a_checkpoint(tmp_path):
+    tiny_checkpoint(tmp_path / "ckpt.pt")
+    result = run_cli("--ckpt", str(tmp_path / "ckpt.pt"), "--prompt", "ROMEO:", "--max_new_tokens", "10")
+    assert result.returncode == 0, result.stderr
+    header, sample = result.stdout.split("\n", 1)  # the parameter count, then the text and print's newline
+    assert header.startswith("gpt: ") and sample.startswith("ROMEO:") and sample.endswith("\n")
+    assert len(sample[:-1]) == 6 + 10 and set(sample) <= set(CHARS)
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    assert_one_line_error(run_cli("--ckpt", str(tmp_path / "ckpt.pt")), str(tmp_path / "ckpt.pt"))
+
+
+def test_cli_unreadable_checkpoint(tmp_path):
+    path = unreadable(tmp_path, "truncated")
+    assert_one_line_error(run_cli("--ckpt", path), path, "not a readable checkpoint")
+
+
+def test_cli_characters_outside_the_vocabulary(tmp_path):
+    tiny_checkpoint(tmp_path / "ckpt.pt")
+    result = run_cli("--ckpt", str(tmp_path / "ckpt.pt"), "--prompt", "JULIET:")
+    assert_one_line_error(result, "'IJLTU' are not in this char vocabulary")

@@ -1,5 +1,5 @@
-"""modern_gpt.py: the model's invariants, its building blocks against plain references, train.py."""
-import inspect
+"""modern_gpt.py: the model's invariants, its building blocks against plain references (Llama written out,
+transformers' Llama 3 RoPE scaling), head_dim apart from n_embd / n_head, train.py."""
 import math
 import os
 import subprocess
@@ -28,24 +28,30 @@ def tiny(**kw):
     return mg.ModernGPT(mg.ModernGPTConfig(**{**config, **kw}))
 
 
-@pytest.mark.parametrize("kw", [{}, {"qk_norm": True, "tie_embeddings": False}])
+HEAD_DIM = {"head_dim": 12}  # 4 heads of 12 on a stream of 32 (Qwen3 sets head_dim apart from n_embd / n_head)
+LLAMA3 = dict(rope_scaling_factor=8.0, rope_original_len=64)  # wavelengths 6 (kept), 63 (blended), 628, 6283 (slowed)
+
+
+@pytest.mark.parametrize("kw", [{}, {"qk_norm": True, "tie_embeddings": False}, {**HEAD_DIM, "qk_norm": True}])
 def test_every_parameter_gets_gradient(kw):
     check_every_parameter_gets_gradient(tiny(**kw), VOCAB)
 
 
-@pytest.mark.parametrize("n_kv_head", [1, 2, 4])  # multi-query, grouped, multi-head
-def test_causality(n_kv_head):
-    check_causality(tiny(n_kv_head=n_kv_head), VOCAB)
+@pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2}, {"n_kv_head": 4},  # multi-query, grouped, MHA
+                                {"n_kv_head": 2, **HEAD_DIM}, {"n_kv_head": 1, "head_dim": 4, **LLAMA3}])
+def test_causality(kw):
+    check_causality(tiny(**kw), VOCAB)
 
 
-@pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2, "qk_norm": True}, {"n_kv_head": 4}])
+@pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2, "qk_norm": True}, {"n_kv_head": 4},
+                                {"n_kv_head": 2, **HEAD_DIM, **LLAMA3}, {"n_kv_head": 4, "head_dim": 4}])
 def test_kv_cache_greedy_equals_recompute_past_the_context(kw):
     check_kv_cache_matches_recompute(tiny(**kw), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
 
 
-@pytest.mark.parametrize("n_kv_head", [1, 2])
-def test_cached_logits_equal_full_forward(n_kv_head):
-    check_cached_logits_match(tiny(n_kv_head=n_kv_head), VOCAB)
+@pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2}, {"n_kv_head": 2, **HEAD_DIM}])
+def test_cached_logits_equal_full_forward(kw):
+    check_cached_logits_match(tiny(**kw), VOCAB)
 
 
 def test_prefill_after_cached_tokens_equals_full_forward():
@@ -67,6 +73,16 @@ def test_overfits_one_batch():
 def test_kv_cache_stores_only_the_kv_heads():
     cache = tiny(n_kv_head=1).new_cache(3)
     assert len(cache) == 2 and cache[0].k.shape == (3, 1, 16, 8)  # (B, n_kv_head, block_size, head_dim)
+    assert tiny(n_kv_head=2, **HEAD_DIM).new_cache(3)[1].v.shape == (3, 2, 16, 12)
+
+
+def test_head_dim_sets_the_projection_sizes():
+    attn = tiny(n_kv_head=2, **HEAD_DIM).h[0].attn
+    assert attn.head_dim == 12 and attn.c_attn.weight.shape == ((4 + 2 * 2) * 12, 32)
+    assert attn.c_proj.weight.shape == (32, 4 * 12) and attn.rotary.cos.shape == (16, 6)
+    assert tiny().h[0].attn.head_dim == 8  # 0: n_embd / n_head
+    model = tiny(n_kv_head=2, **HEAD_DIM)
+    assert model.flops_per_token(16) == 6 * model.param_counts()["active"] + 12 * 2 * 4 * 12 * 16
 
 
 def test_rmsnorm_matches_its_formula():
@@ -78,9 +94,16 @@ def test_rmsnorm_matches_its_formula():
     assert torch.allclose(norm(x), expected, atol=1e-6)
 
 
+def test_rope_frequencies_are_theta_to_the_minus_2i_over_d():
+    inv_freq = mg.rope_frequencies(mg.ModernGPTConfig(rope_theta=100.0), 8)
+    assert torch.allclose(inv_freq, torch.tensor([100.0 ** (-2 * i / 8) for i in range(4)]), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="must be even"):
+        mg.rope_frequencies(mg.ModernGPTConfig(), 7)
+
+
 def test_rotary_rotates_each_pair_by_position_times_frequency():
     hd, theta = 8, 100.0
-    rope = mg.RotaryEmbedding(hd, max_len=10, theta=theta)
+    rope = mg.RotaryEmbedding(mg.rope_frequencies(mg.ModernGPTConfig(rope_theta=theta), hd), max_len=10)
     x = torch.randn(1, 1, 4, hd)
     out = rope(x, start=3)
     for t in range(4):
@@ -92,7 +115,7 @@ def test_rotary_rotates_each_pair_by_position_times_frequency():
 
 
 def test_rotary_scores_depend_only_on_relative_position():
-    rope = mg.RotaryEmbedding(16, max_len=32)
+    rope = mg.RotaryEmbedding(mg.rope_frequencies(mg.ModernGPTConfig(), 16), max_len=32)
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
     scores = [(rope(q, m) * rope(k, m - 3)).sum() for m in (3, 10, 25)]  # query at m, key at m - 3
     assert torch.allclose(torch.stack(scores), scores[0].expand(3), atol=1e-4)
@@ -113,10 +136,10 @@ def test_grouped_query_attention_equals_repeated_heads():
     assert torch.allclose(attn(x), attn.c_proj(y), atol=1e-5)
 
 
-def reference_llama_logits(state, idx, n_head, n_kv_head, theta=10000.0, eps=1e-5, qk_norm=False):
+def reference_llama_logits(state, idx, n_head, n_kv_head, eps=1e-5, qk_norm=False, head_dim=None, inv_freq=None):
     """A Llama-style forward written out as Hugging Face's LlamaModel computes it: RMSNorm, RoPE with
     rotate_half on cos/sin tables of duplicated frequencies, key/value heads repeated for GQA, explicit
-    masked softmax, SwiGLU; no modern_gpt.py code."""
+    masked softmax, SwiGLU; no modern_gpt.py code. inv_freq: the rotary frequencies (default theta 10000's)."""
     def rms_norm(x, weight):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
@@ -126,8 +149,9 @@ def reference_llama_logits(state, idx, n_head, n_kv_head, theta=10000.0, eps=1e-
 
     B, T = idx.shape
     x = state["wte.weight"][idx]
-    hd = x.size(-1) // n_head
-    freqs = torch.outer(torch.arange(T).float(), 1.0 / theta ** (torch.arange(0, hd, 2).float() / hd))
+    hd = head_dim or x.size(-1) // n_head
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, hd, 2).float() / hd) if inv_freq is None else inv_freq
+    freqs = torch.outer(torch.arange(T).float(), inv_freq)
     cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()  # (T, hd)
     n_layer = 1 + max(int(name.split(".")[1]) for name in state if name.startswith("h."))
     for i in range(n_layer):
@@ -150,15 +174,44 @@ def reference_llama_logits(state, idx, n_head, n_kv_head, theta=10000.0, eps=1e-
     return rms_norm(x, state["norm_f.weight"]) @ state["lm_head.weight"].T
 
 
-@pytest.mark.parametrize("kw", [{"n_kv_head": 2}, {"n_kv_head": 1, "qk_norm": True, "tie_embeddings": False}])
+def transformers_llama3_frequencies(head_dim, theta, factor, low, high, original_len):
+    """transformers' own Llama 3 RoPE frequencies (modeling_rope_utils), from a LlamaConfig."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    config = LlamaConfig(head_dim=head_dim, num_attention_heads=4, hidden_size=4 * head_dim, rope_theta=theta,
+                         max_position_embeddings=int(factor * original_len),
+                         rope_scaling={"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                                       "high_freq_factor": high, "original_max_position_embeddings": original_len})
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](config)
+    assert attention_factor == 1.0  # Llama 3 scales the frequencies only
+    return inv_freq
+
+
+def test_llama3_rope_scaling_equals_transformers():
+    # Llama 3.1's numbers: theta 500000, factor 8 (Llama 3.2: 32), low 1, high 4, pretrained at 8192
+    for factor in (8.0, 32.0):
+        config = mg.ModernGPTConfig(rope_theta=500000.0, rope_scaling_factor=factor, rope_low_freq_factor=1.0,
+                                    rope_high_freq_factor=4.0, rope_original_len=8192)
+        ours = mg.rope_frequencies(config, 64)
+        expected = transformers_llama3_frequencies(64, 500000.0, factor, 1.0, 4.0, 8192)
+        torch.testing.assert_close(ours, expected, rtol=1e-6, atol=0)
+        ratio = ours / mg.rope_frequencies(mg.ModernGPTConfig(rope_theta=500000.0), 64)
+        # not vacuous: high frequencies kept, low ones slowed by the factor, some blended in between
+        assert ratio[0] == 1 and torch.allclose(ratio[-1], torch.tensor(1 / factor))
+        assert ((ratio > 1 / factor + 1e-3) & (ratio < 1 - 1e-3)).any()
+
+
+@pytest.mark.parametrize("kw", [{"n_kv_head": 2}, {"n_kv_head": 1, "qk_norm": True, "tie_embeddings": False},
+                                {"n_kv_head": 2, **HEAD_DIM, "qk_norm": True}, {"n_kv_head": 4, **LLAMA3}])
 def test_logits_match_llama_written_out(kw):
     model = tiny(**kw).eval()
     with torch.no_grad():  # activations of order 1 and gains away from 1, so every term counts
         for name, p in model.named_parameters():
             p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else p * 10.0)
     idx = torch.randint(0, VOCAB, (2, 16))
+    inv_freq = transformers_llama3_frequencies(8, 10000.0, 8.0, 1.0, 4.0, 64) if "rope_scaling_factor" in kw else None
     expected = reference_llama_logits(model.state_dict(), idx, n_head=4, qk_norm=kw.get("qk_norm", False),
-                                      n_kv_head=kw["n_kv_head"])
+                                      n_kv_head=kw["n_kv_head"], head_dim=kw.get("head_dim"), inv_freq=inv_freq)
     logits, _ = model(idx)
     assert expected.std() > 1.0
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
@@ -215,13 +268,6 @@ def test_bad_config_gets_a_clear_error():
         tiny(n_kv_head=3)
     with pytest.raises(ValueError, match="longer than block_size"):
         tiny()(torch.zeros(1, 17, dtype=torch.long))
-
-
-def test_shared_blocks_are_identical_to_gpt_py():
-    # the data section, the sampler and the KV cache are copied verbatim from gpt.py
-    for name in ["sample_next_token", "gpt2_encoding", "Tokenizer", "load_dataset", "cached_bpe_ids", "get_batch",
-                 "KVCache"]:
-        assert inspect.getsource(getattr(mg, name)) == inspect.getsource(getattr(gpt, name)), name
 
 
 def test_train_py_end_to_end_and_checkpoint_samples(tmp_path):

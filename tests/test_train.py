@@ -1,65 +1,161 @@
-"""train.py end to end, through subprocesses as a user runs it: training, logs and plots,
-exact resume, Ctrl-C, torchrun with two CPU ranks, and one-line errors for bad input."""
-import json
+"""train.py as a user runs it: training, logs, plots and summary, exact resume (also on another number of
+ranks), Ctrl-C, torchrun with two CPU ranks, no lost work, and one-line errors for bad input."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 import gpt
+import moe_gpt
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--model_type", "gpt", "--tokenizer", "char", "--B", "4", "--T", "16", "--n_layer", "2", "--n_head", "2",
-        "--n_embd", "32", "--eval_iters", "2", "--sample_tokens", "8", "--device", "cpu", "--log_interval", "1"]
+TINY = ["--model_type", "gpt", "--B", "4", "--T", "16", "--n_layer", "2", "--n_head", "2", "--n_embd", "32",
+        "--eval_iters", "2", "--sample_tokens", "8", "--device", "cpu"]
 
 
-def run_train(*args, check=True, **kw):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *TINY, *args],
+def run_train(*args, check=True, tiny=True, **kw):
+    """python train.py as a subprocess, from the repository root."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *(TINY if tiny else []), *args],
                             capture_output=True, text=True, cwd=ROOT, timeout=300, **kw)
     if check:
         assert result.returncode == 0, result.stderr
     return result
 
 
+def train_here(*args, tiny=True):
+    """train.main in this process (faster than a subprocess); returns its exit code."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*(TINY if tiny else []), *args])
+    return exit_info.value.code
+
+
+def usage_error(*args, tiny=True):
+    """The one-line message train.py gives for a bad command line or input."""
+    with pytest.raises(train.UsageError) as error:
+        train.main([*(TINY if tiny else []), *args])
+    return str(error.value)
+
+
+def one_line_error(result):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
 def step_losses(out_dir):
     return {r["step"]: r["loss"] for r in train.read_log(os.path.join(out_dir, "log.jsonl")) if "loss" in r}
 
 
-def test_end_to_end_writes_log_plot_and_a_checkpoint_that_samples(tmp_path):
+# ----------------------------------------------------------------------------- a run you can follow
+
+def test_end_to_end_log_plots_summary_and_a_checkpoint_that_samples(tmp_path):
     out = str(tmp_path / "run")
     result = run_train("--max_steps", "6", "--eval_interval", "3", "--out_dir", out)
-    assert "step     6/6 | loss" in result.stdout and "val loss" in result.stdout and "--- sample ---" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tokenizer: char, 65 tokens (the cpu preset's, nanoGPT's char-level recipe")
+    step_lines = [line for line in lines if line.startswith("step ") and "| loss" in line]
+    assert len(step_lines) == 6 and all(len(line) <= 120 and "| ETA " in line for line in step_lines)
+    assert "val loss" in result.stdout and "bits/char" in result.stdout and "--- sample ---" in result.stdout
+    summary = next(line for line in lines if line.startswith("finished after 6 steps in "))
+    assert "best val" in summary and "final val" in summary and "384 tokens seen" in summary  # 6 steps x B 4 x T 16
+    assert f"checkpoint {out}/ckpt.pt | log {out}/log.jsonl | plots {out}/loss.png" in result.stdout
     records = train.read_log(os.path.join(out, "log.jsonl"))
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [3, 6] and all(r["val_bpc"] == r["val_loss"] / np.log(2) for r in evals)
     assert os.path.getsize(os.path.join(out, "loss.png")) > 1000
-    model, tokenizer = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    model, tokenizer, _ = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert tokenizer.kind == "char" and model.config.n_layer == 2
     sample = subprocess.run([sys.executable, "gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt", "ROMEO:",
                              "--max_new_tokens", "10", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
-    assert sample.returncode == 0, sample.stderr
-    assert "ROMEO:" in sample.stdout
+    assert sample.returncode == 0 and "ROMEO:" in sample.stdout, sample.stderr
 
+
+def test_tokenizer_follows_the_preset_and_the_data(tmp_path, capsys):
+    args = ["--max_steps", "1", "--eval_interval", "1", "--sample_tokens", "0"]
+    assert train_here(*args, "--preset", "gpt2", "--n_layer", "1", "--out_dir", str(tmp_path / "a")) == 0
+    assert "tokenizer: gpt2, 50,257 tokens (the gpt2 preset's" in capsys.readouterr().out
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    np.arange(500, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    assert train_here(*args, "--data", str(tmp_path), "--out_dir", str(tmp_path / "b")) == 0
+    assert "tokenizer: gpt2, 50,257 tokens (train.bin/val.bin hold GPT-2 ids)" in capsys.readouterr().out
+    assert "--tokenizer char" in usage_error(*args, "--data", str(tmp_path), "--tokenizer", "char",
+                                             "--out_dir", str(tmp_path / "c"))
+
+
+def test_help_shows_every_default_and_the_model_config_fields():
+    result = run_train("--model_type", "moegpt", "--help", tiny=False)
+    assert "--max_lr MAX_LR" in result.stdout and "(default: 0.001)" in result.stdout
+    assert "MoEGPTConfig fields" in result.stdout
+    assert "--z_loss_weight Z_LOSS_WEIGHT" in result.stdout and "ST-MoE router z-loss" in result.stdout
+
+
+def test_moe_runs_log_expert_load_idle_experts_and_plot_them(tmp_path, capsys):
+    out = tmp_path / "moe"
+    args = ["--model_type", "moegpt", "--B", "4", "--T", "16", "--n_layer", "2", "--n_head", "2", "--n_kv_head", "1",
+            "--n_embd", "32", "--multiple_of", "16", "--max_steps", "20", "--eval_interval", "10", "--eval_iters", "1",
+            "--sample_tokens", "0", "--log_interval", "1", "--aux_loss_weight", "0", "--out_dir", str(out)]
+    assert train_here(*args, tiny=False) == 0
+    stdout = capsys.readouterr().out
+    assert "moe: aux_loss" in stdout and "max/mean expert load" in stdout
+    records = train.read_log(out / "log.jsonl")
+    loads = [r["expert_load"] for r in records if "expert_load" in r]
+    assert len(loads) == 20 and np.allclose(np.sum(loads, axis=2), 1.0)
+    assert os.path.getsize(out / "expert_load.png") > 1000
+    for record in (r for r in records if "idle_experts" in r):  # what was reported, checked against the log
+        since_last_eval = range(record["step"] - 9, record["step"] + 1)
+        mean = np.mean([r["expert_load"] for r in records if "expert_load" in r and r["step"] in since_last_eval], 0)
+        for layer, experts in record["idle_experts"].items():
+            assert all(mean[int(layer)][e] < 1 / (10 * mean.shape[1]) for e in experts)
+
+
+# ----------------------------------------------------------------------------- exact resume
 
 def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
     # dropout and gradient accumulation on, so RNG and data state both matter
     common = ["--max_steps", "8", "--eval_interval", "100", "--dropout", "0.1", "--total_batch_size", "128"]
-    run_train(*common, "--out_dir", str(tmp_path / "whole"))
-    first = run_train(*common, "--out_dir", str(tmp_path / "split"), "--stop_step", "3")
-    assert "stopped after step 3" in first.stdout
+    assert train_here(*common, "--out_dir", str(tmp_path / "whole")) == 0
+    assert train_here(*common, "--out_dir", str(tmp_path / "split"), "--stop_step", "3") == 0
     assert torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["step"] == 3
-    run_train(*common, "--out_dir", str(tmp_path / "split"), "--resume")
+    assert train_here("--max_steps", "8", "--eval_interval", "100", "--out_dir", str(tmp_path / "split"),
+                      "--resume") == 0  # B, T, the global batch and the config come from the checkpoint
     whole, split = step_losses(tmp_path / "whole"), step_losses(tmp_path / "split")
     assert list(split) == list(range(1, 9))
     assert split == whole  # bit-for-bit equal losses at every step
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+def test_resume_on_another_number_of_ranks_repeats_the_run(tmp_path):
+    # stopped on 2 torchrun ranks (accumulation 2 each), resumed on 1 process (accumulation 4), dropout on
+    common = [*TINY, "--max_steps", "6", "--eval_interval", "100", "--dropout", "0.1", "--total_batch_size", "256"]
+    assert train_here(*common[len(TINY):], "--out_dir", str(tmp_path / "whole")) == 0
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", *common, "--stop_step", "3", "--out_dir", str(tmp_path / "split")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and "2 accum x 2 ranks" in result.stdout, result.stderr[-2000:]
+    resume = ["--max_steps", "6", "--eval_interval", "100", "--resume", "--out_dir", str(tmp_path / "split")]
+    assert train_here(*resume) == 0
+    whole, split = step_losses(tmp_path / "whole"), step_losses(tmp_path / "split")
+    assert list(split) == list(range(1, 7))
+    assert all(abs(split[s] - whole[s]) < 1e-5 for s in whole), (split, whole)
+
+
+def test_resume_keeps_the_global_batch_or_says_why_it_cannot(tmp_path):
+    assert train_here("--max_steps", "2", "--total_batch_size", "192", "--B", "3", "--out_dir", str(tmp_path)) == 0
+    assert "drop --total_batch_size" in usage_error("--resume", "--total_batch_size", "128", "--out_dir",
+                                                    str(tmp_path))
+    assert "not a multiple of B*T*ranks" in usage_error("--resume", "--B", "5", "--out_dir", str(tmp_path))
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly_and_a_second_ctrl_c_stops_quietly(tmp_path):
     out = tmp_path / "interrupted"
     args = [sys.executable, os.path.join(ROOT, "train.py"), *TINY, "--max_steps", "100000",
             "--eval_interval", "100000", "--out_dir", str(out)]
@@ -69,15 +165,33 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "continue with --resume" in stdout
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "continue with --resume" in stdout and "Traceback" not in stderr
     k = torch.load(out / "ckpt.pt", weights_only=True)["step"]
     assert k >= 3
     more = ["--max_steps", "100000", "--eval_interval", "100000", "--stop_step", str(k + 2)]
-    run_train(*more, "--out_dir", str(out), "--resume")
-    run_train(*more, "--out_dir", str(tmp_path / "reference"))
+    assert train_here(*more, "--out_dir", str(out), "--resume") == 0
+    assert train_here(*more, "--out_dir", str(tmp_path / "reference")) == 0
     resumed, reference = step_losses(out), step_losses(tmp_path / "reference")
     assert resumed[k + 1] == reference[k + 1] and resumed[k + 2] == reference[k + 2]
+    # Ctrl-C twice: at once, without a traceback, the checkpoint whole
+    proc = subprocess.Popen(args[:-1] + [str(tmp_path / "twice")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    while time.time() < deadline + 60 and not (tmp_path / "twice" / "log.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+
+
+def test_ctrl_c_during_start_up_exits_quietly(tmp_path):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *TINY, "--out_dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(0.5)  # still importing torch
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
 
 
 def test_torchrun_two_cpu_ranks_train_and_end_with_identical_weights(tmp_path):
@@ -90,69 +204,143 @@ def test_torchrun_two_cpu_ranks_train_and_end_with_identical_weights(tmp_path):
     assert len(step_losses(tmp_path)) == 4
 
 
+def test_gradient_checkpointing_gives_the_same_gradients_and_moe_stats():
+    config = moe_gpt.MoEGPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_kv_head=2, n_embd=32,
+                                  multiple_of=16, dropout=0.1, router_noise=0.1, bias_update_rate=1e-3)
+    grads, stats = [], []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = moe_gpt.MoEGPT(config)
+        if flag:
+            train.checkpoint_blocks(model)
+        torch.manual_seed(1)
+        idx = torch.randint(0, 50, (2, 16))
+        _, loss = model(idx, idx)
+        loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+        stats.append(train.moe_stats(model, model.moe_layers()))
+    assert stats[0] == stats[1]
+    assert all(torch.equal(grads[0][name], grads[1][name]) for name in grads[0])
+
+
+# ----------------------------------------------------------------------------- no lost work
+
+def test_a_new_run_never_touches_another_runs_files(tmp_path):
+    assert train_here("--max_steps", "2", "--eval_interval", "2", "--out_dir", str(tmp_path)) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "log.jsonl")}
+    line = usage_error("--max_steps", "3", "--out_dir", str(tmp_path))
+    assert "holds another run" in line and "--resume" in line and "--overwrite" in line
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert "--resume continues" in usage_error("--resume", "--overwrite", "--out_dir", str(tmp_path))
+    assert train_here("--max_steps", "3", "--eval_interval", "3", "--overwrite", "--out_dir", str(tmp_path)) == 0
+    assert list(step_losses(tmp_path)) == [1, 2, 3]
+
+
+def test_a_stale_temporary_checkpoint_is_removed(tmp_path):
+    (tmp_path / "ckpt.pt.tmp").write_bytes(b"half a checkpoint")
+    assert train_here("--max_steps", "1", "--eval_interval", "1", "--out_dir", str(tmp_path)) == 0
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+def test_failures_while_sampling_or_plotting_never_end_the_run(tmp_path, monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("a bug while sampling")
+    monkeypatch.setattr(train.Run, "sample", broken)
+    monkeypatch.setattr(train, "plot_loss", broken)
+    assert train_here("--max_steps", "4", "--eval_interval", "2", "--out_dir", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "sampling failed (training goes on)" in out and "a bug while sampling" in out  # its traceback shown
+    assert "plotting failed" in out and "finished after 4 steps" in out
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 4
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    run_train("--max_steps", "20", "--eval_interval", "2", "--stop_step", "4", "--out_dir", str(tmp_path))
+    assert train_here("--max_steps", "20", "--eval_interval", "2", "--stop_step", "4", "--out_dir", str(tmp_path)) == 0
     good = (tmp_path / "ckpt.pt").read_bytes()
     # resuming with an absurd learning rate blows the weights up within a step or two
-    result = run_train("--max_steps", "20", "--eval_interval", "1", "--max_lr", "1e30", "--min_lr", "1e30",
-                       "--grad_clip", "0", "--resume", "--out_dir", str(tmp_path), check=False)
-    line = one_line_error(result)
-    assert " is nan at step " in line or " is inf at step " in line
-    assert "the last good checkpoint is" in line
+    line = usage_error("--max_steps", "20", "--eval_interval", "1", "--max_lr", "1e30", "--min_lr", "1e30",
+                       "--grad_clip", "0", "--resume", "--out_dir", str(tmp_path))
+    assert (" is nan at step " in line or " is inf at step " in line) and "the last good checkpoint is" in line
     assert (tmp_path / "ckpt.pt").read_bytes() == good
 
 
-def one_line_error(result):
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+# ----------------------------------------------------------------------------- one line for every bad input
+
+def bad_inputs(tmp_path):
+    """(command line, what the message must say) for each bad input; the files are made here."""
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    for name, val in (("beyond", np.array([1, 2, 60000])), ("odd", b"abc"), ("empty", b"")):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(tmp_path / "train.bin", folder / "train.bin")
+        (folder / "val.bin").write_bytes(val.astype(np.uint16).tobytes() if isinstance(val, np.ndarray) else val)
+    (tmp_path / "binary.txt").write_bytes(b"abc\xff\xfe\x00")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "short.txt").write_text("a tiny corpus")
+    (tmp_path / "a_file").write_text("not a folder")
+    for name, content in (("empty_ckpt", b""), ("random_ckpt", os.urandom(5000))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt.pt").write_bytes(content)
+    out = ["--out_dir", str(tmp_path / "out")]
+    return [
+        (["--data", str(tmp_path / "beyond"), *out], "val.bin holds token id 60000, outside GPT-2's vocabulary"),
+        (["--data", str(tmp_path / "odd"), *out], "val.bin has 3 bytes"),
+        (["--data", str(tmp_path / "empty"), *out], "val.bin has 0 bytes"),
+        (["--data", str(tmp_path / "binary.txt"), *out], "binary.txt is not UTF-8 text (byte 3 is 0xff)"),
+        (["--data", str(tmp_path / "empty.txt"), "--tokenizer", "char", *out], "empty.txt is empty"),
+        (["--data", str(tmp_path / "nope.txt"), *out], "nope.txt not found"),
+        (["--data", str(tmp_path / "short.txt"), *out], "fewer than T+1"),
+        (["--device", "tpu", *out], "--device tpu: use auto, cpu, cuda"),
+        (["--resume", "--out_dir", str(tmp_path / "empty_ckpt")], "ckpt.pt is not a readable checkpoint"),
+        (["--resume", "--out_dir", str(tmp_path / "random_ckpt")], "ckpt.pt is not a readable checkpoint"),
+        (["--resume", "--out_dir", str(tmp_path / "nowhere")], "no checkpoint to resume"),
+        (["--out_dir", str(tmp_path / "a_file")], "a_file is a file"),
+        (["--sample_prompt", "", *out], "--sample_prompt is empty"),
+        (["--sample_prompt", "héllo €", *out], "characters 'é€' are not in this char vocabulary"),
+        (["--model_type", "llama", *out], "unknown --model_type 'llama'"),
+        (["--n_layers", "3", *out], "unrecognized arguments: --n_layers 3"),
+        (["--n_layer", "three", *out], "argument --n_layer: invalid int value: 'three'"),
+        (["--preset", "huge", *out], "unknown preset 'huge'"),
+        (["--eval_interval", "0", *out], "--eval_interval must be at least 1"),
+        (["--total_batch_size", "100", *out], "not a multiple of B*T*ranks"),
+        (["--dtype", "fp16", *out], "--dtype fp16 needs a CUDA GPU"),
+        (["--n_head", "3", *out], "gpt config: n_embd 32 must be a multiple of n_head 3"),
+        (["--tokenizer", "bpe", "--bpe_vocab_size", "100", *out], "vocab"),
+    ]
 
 
-def test_missing_data_file(tmp_path):
-    assert "not found" in one_line_error(run_train("--data", str(tmp_path / "nope.txt"), check=False))
+def test_every_bad_input_is_one_line_before_any_work(tmp_path):
+    for argv, message in bad_inputs(tmp_path):
+        line = usage_error(*argv)
+        assert message in line, (argv, line)
+    assert not (tmp_path / "out" / "log.jsonl").exists() and not (tmp_path / "out" / "ckpt.pt").exists()
 
 
-def test_corpus_shorter_than_the_context(tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("a tiny corpus")
-    assert "fewer than T+1" in one_line_error(run_train("--data", str(short), "--out_dir", str(tmp_path), check=False))
+def test_bad_input_through_the_command_line_is_one_line_with_exit_code_2(tmp_path):
+    cases = [case for case in bad_inputs(tmp_path) if case[1].startswith(("binary.txt", "unrecognized", "ckpt.pt"))]
+    for argv, message in cases[:3]:
+        assert message in one_line_error(run_train(*argv, check=False))
 
 
-def test_unknown_model_type():
-    assert "unknown model type 'llama'" in one_line_error(run_train("--model_type", "llama", check=False))
+def test_resume_refuses_what_would_change_the_run(tmp_path):
+    assert train_here("--max_steps", "2", "--out_dir", str(tmp_path)) == 0
+    assert "trained with --tokenizer char: drop --tokenizer gpt2" in usage_error(
+        "--resume", "--tokenizer", "gpt2", "--out_dir", str(tmp_path))
+    assert "was trained with n_embd=32" in usage_error("--resume", "--n_embd", "64", "--out_dir", str(tmp_path))
+    assert "holds a 'gpt' model, not 'moegpt'" in usage_error("--resume", "--model_type", "moegpt", "--out_dir",
+                                                              str(tmp_path))
 
 
-def test_unknown_option_and_bad_value():
-    assert "unknown option --n_layers" in one_line_error(run_train("--n_layers", "3", check=False))
-    assert "--n_layer must be int, not 'three'" in one_line_error(run_train("--n_layer", "three", check=False))
+def test_wandb_missing_gives_install_hint(tmp_path):
+    # run train.py as __main__ in an interpreter where `import wandb` fails, whatever is installed
+    code = ("import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, "train.py", *TINY, "--wandb", "--max_steps", "1",
+                             "--out_dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert "pip install wandb" in one_line_error(result)
 
 
-def test_unknown_preset_and_non_positive_sizes():
-    assert "unknown preset 'huge'" in one_line_error(run_train("--preset", "huge", check=False))
-    assert "--eval_interval must be at least 1" in one_line_error(run_train("--eval_interval", "0", check=False))
-
-
-def test_batch_size_that_does_not_divide():
-    assert "not a multiple of B*T*ranks" in one_line_error(run_train("--total_batch_size", "100", check=False))
-
-
-def test_checkpoint_of_another_model(tmp_path):
-    torch.save({"model_type": "moegpt", "config": {}, "model": {}}, tmp_path / "ckpt.pt")
-    line = one_line_error(run_train("--resume", "--out_dir", str(tmp_path), check=False))
-    assert "holds a 'moegpt' model" in line
-
-
-def test_resume_without_checkpoint(tmp_path):
-    assert "no checkpoint to resume" in one_line_error(run_train("--resume", "--out_dir", str(tmp_path), check=False))
-
-
-def test_resume_with_a_different_model_size(tmp_path):
-    run_train("--max_steps", "2", "--out_dir", str(tmp_path))
-    line = one_line_error(run_train("--resume", "--out_dir", str(tmp_path), "--n_embd", "64", check=False))
-    assert "was trained with n_embd=32" in line
-
+# ----------------------------------------------------------------------------- pieces
 
 def test_learning_rate_schedule():
     args = train.parse_args(["--max_steps", "1000", "--warmup_steps", "100", "--max_lr", "1e-3", "--min_lr", "1e-4"])[0]
@@ -167,16 +355,3 @@ def test_config_fields_are_options():
     _, module, overrides = train.parse_args(["--n_layer", "3", "--bias", "true", "--dropout=0.2"])
     assert module is gpt
     assert overrides == {"n_layer": 3, "bias": True, "dropout": 0.2}
-
-
-def test_fp16_needs_a_cuda_gpu():
-    assert "--dtype fp16 needs a CUDA GPU" in one_line_error(run_train("--dtype", "fp16", check=False))
-
-
-def test_wandb_missing_gives_install_hint(tmp_path):
-    # run train.py as __main__ in an interpreter where `import wandb` fails, whatever is installed
-    code = ("import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    result = subprocess.run([sys.executable, "-c", code, "train.py", *TINY, "--wandb", "--max_steps", "1",
-                             "--out_dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert "pip install wandb" in one_line_error(result)
