@@ -41,10 +41,10 @@ def stop_during_start_up(signum, frame):
 if __name__ == "__main__":  # Ctrl-C while importing torch or reading the data stops at once, quietly
     signal.signal(signal.SIGINT, stop_during_start_up)
 
-import numpy as np  # noqa: E402 (after the handler above: importing torch takes seconds)
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop  # noqa: E402
+import numpy as np  # after the handler above: importing torch takes seconds
+import torch
+import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_FILES = {"gpt": "gpt", "moderngpt": "modern_gpt", "moegpt": "moe_gpt", "mlamoe": "mla_moe", "fgram": "fgram_moe"}
@@ -82,7 +82,7 @@ def bool_arg(value):
 def config_field_help(config_class):
     """Each config field's meaning: the comment after it in the model file's Config dataclass."""
     source = inspect.getsource(config_class)
-    return dict(re.findall(r"^\s+(\w+): \w+ = [^#\n]+#\s*(.+)$", source, flags=re.M))
+    return dict(re.findall(r"^\s+(\w+): \w+ = [^#\n]+#\s*(.+)$", source, flags=re.MULTILINE))
 
 
 def parse_args(argv):
@@ -195,9 +195,9 @@ class Run:
     def setup_distributed(self):
         """Under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set) one process per device, gradients averaged by DDP."""
         self.ddp = "RANK" in os.environ
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         self.master = self.rank == 0  # rank 0 alone prints, logs and writes
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device, self.device_type, self.dtype = pick_device_and_dtype(self.args, local_rank)
         if self.ddp:
             if self.device_type == "cuda":
@@ -550,7 +550,7 @@ class Run:
         if self.args.sample_tokens and self.master:
             try:
                 self.say(f"--- sample ---\n{self.sample()}\n--------------")
-            except Exception:  # a failed sample never ends the run: the checkpoint is already saved
+            except Exception:  # noqa: BLE001 (any failure: a sample never ends the run; the checkpoint is saved)
                 self.say(f"sampling failed (training goes on):\n{traceback.format_exc()}")
         if loads:
             load = np.mean(loads, axis=0)  # (MoE layers, experts): share of the tokens since the last evaluation
@@ -723,7 +723,7 @@ def plot_run(out_dir, title):
         if loads:
             written.append(plot_expert_load(plt, np.array(loads), os.path.join(out_dir, "expert_load.png")))
         return written
-    except Exception:
+    except Exception:  # noqa: BLE001 (any failure: plots never end the run)
         print(f"plotting failed (the run and its checkpoint are fine):\n{traceback.format_exc()}", flush=True)
         return []
 

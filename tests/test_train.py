@@ -355,3 +355,35 @@ def test_config_fields_are_options():
     _, module, overrides = train.parse_args(["--n_layer", "3", "--bias", "true", "--dropout=0.2"])
     assert module is gpt
     assert overrides == {"n_layer": 3, "bias": True, "dropout": 0.2}
+
+
+# ----------------------------------------------------------------------------- a tokenizer learned from the corpus
+
+def test_bpe_end_to_end_resume_and_a_model_file_copied_alone_samples_with_it(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    with open(os.path.join(ROOT, "input.txt"), encoding="utf-8") as f:
+        corpus.write_text(f.read(60_000), encoding="utf-8")
+    common = ["--model_type", "moegpt", "--B", "4", "--T", "16", "--n_layer", "1", "--n_head", "2",
+              "--n_kv_head", "1", "--n_embd", "32", "--multiple_of", "16", "--eval_iters", "1", "--sample_tokens", "4",
+              "--data", str(corpus), "--out_dir", str(tmp_path / "run")]
+    assert train_here(*common, "--tokenizer", "bpe", "--bpe_vocab_size", "300", "--max_steps", "4",
+                      "--eval_interval", "2", "--stop_step", "2", tiny=False) == 0
+    assert "tokenizer: bpe, 300 tokens (--tokenizer)" in capsys.readouterr().out
+    assert (tmp_path / "corpus.txt.bpe300.json").exists()  # learned once, next to the corpus
+    assert train_here(*common, "--max_steps", "4", "--eval_interval", "2", "--resume", tiny=False) == 0
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["tokenizer"]["kind"] == "bpe" and len(ckpt["tokenizer"]["merges"]) == 43
+    alone = tmp_path / "alone"  # the model file and its checkpoint, nothing else
+    alone.mkdir()
+    shutil.copy(os.path.join(ROOT, "moe_gpt.py"), alone)
+    shutil.copy(tmp_path / "run" / "ckpt.pt", alone)
+    sample = subprocess.run([sys.executable, "moe_gpt.py", "--ckpt", "ckpt.pt", "--prompt", "KING Ω:",
+                             "--max_new_tokens", "5"], capture_output=True, text=True, cwd=alone, timeout=120)
+    assert sample.returncode == 0 and "KING Ω:" in sample.stdout, sample.stderr
+
+
+def test_a_model_file_copied_alone_says_where_gpt2_tiktoken_must_be(tmp_path):
+    shutil.copy(os.path.join(ROOT, "gpt.py"), tmp_path)
+    result = subprocess.run([sys.executable, "gpt.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    line = one_line_error(result)
+    assert f"{tmp_path}/data/gpt2.tiktoken not found" in line and "beside this file" in line
