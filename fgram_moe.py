@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import tiktoken
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 MODEL_TYPE = "fgram"
 
@@ -50,7 +50,7 @@ class FgramMoEConfig:
     fgram_hidden: int = 128  # SwiGLU hidden size of the n-gram encoder block (0 = mlp_hidden's)
 
 
-PRESETS = {"cpu": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, block_size=64)}  # 2 of 4 experts of 192
+PRESETS = {"cpu": {"n_layer": 4, "n_head": 4, "n_kv_head": 4, "n_embd": 128, "block_size": 64}}  # 2 of 4 experts of 192
 
 
 # ----------------------------------------------------------------------------- model
@@ -116,7 +116,7 @@ def causal_attention(q, k, v, dropout, scale=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
     (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
-    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
+    options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
@@ -330,7 +330,7 @@ class FgramMoE(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # N(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
+        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
         # residual stream's variance does not grow with depth
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
@@ -374,7 +374,7 @@ class FgramMoE(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
         -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
-        B, T = idx.shape
+        T = idx.size(1)
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
@@ -434,8 +434,8 @@ class FgramMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (the tied wte once, as
-        the head; the F-gram encoder as if per token) + 12 * n_layer * (n_head * head_dim) * seq_len."""
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters (the tied wte once, as the head;
+        the F-gram encoder as if per token) for the weight matmuls + 12 * n_layer * (n_head * head_dim) * seq_len."""
         attention = 12 * self.config.n_layer * self.config.n_head * self.h[0].attn.head_dim * seq_len
         return 6 * self.param_counts()["active"] + attention
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 import gpt
@@ -77,11 +77,11 @@ def read_entries(path):
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not UTF-8 JSON ({err}): pass --data with an Alpaca-format JSON file") from err
     if not isinstance(entries, list):
-        raise ValueError(f"{path} holds {json_kind(entries)}: expected a list of entries, "
+        raise ValueError(f"{path} holds {json_kind(entries)}: expected a list of entries, "  # noqa: TRY004 (bad data)
                          f'[{{"instruction": ..., "input": ..., "output": ...}}, ...]')
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ValueError(f"{path}: entry {number} is {json_kind(entry)}, "
+            raise ValueError(f"{path}: entry {number} is {json_kind(entry)}, "  # noqa: TRY004 (bad data)
                              f"not an object with instruction, input, output")
         missing = [field for field in FIELDS if field not in entry]
         if missing:
@@ -117,9 +117,9 @@ def collate(batch, max_length, mask_prompt=False):
     """Rows of (ids, prompt length) -> inputs and targets (B, T), T <= max_length.
 
     Each row gets one <|endoftext|> and is padded with more to the longest row + 1; the inputs
-    drop the last token and the targets (the inputs shifted by one) the first. Target padding becomes IGNORE_INDEX except the first
-    <|endoftext|>, which the model must learn to predict to stop; with mask_prompt the targets
-    that are prompt tokens are ignored too (position i predicts token i + 1)."""
+    drop the last token and the targets (the inputs shifted by one) the first. Target padding becomes
+    IGNORE_INDEX except the first <|endoftext|>, which the model must learn to predict to stop; with
+    mask_prompt the targets that are prompt tokens are ignored too (position i predicts token i + 1)."""
     longest = max(len(ids) for ids, _ in batch)
     inputs, targets = [], []
     for ids, prompt_length in batch:
@@ -266,12 +266,14 @@ def initial_model(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Instruction fine-tuning of a GPT on Alpaca-format data.")
-    parser.add_argument("--init", default="scratch", help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
+    parser.add_argument("--init", default="scratch",
+                        help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
     parser.add_argument("--weights", help="local GPT-2 safetensors file or folder for --init gpt2 (no network)")
     parser.add_argument("--cache_dir", default=load_gpt2.DEFAULT_CACHE, help="where GPT-2 downloads are kept")
     parser.add_argument("--data", default=os.path.join(HERE, "data", "instruction-data.json"))
     parser.add_argument("--mask_prompt", action="store_true", help="learn the responses only")
-    parser.add_argument("--lora_rank", type=int, default=0, help="train LoRA adapters of this rank (0: full fine-tuning)")
+    parser.add_argument("--lora_rank", type=int, default=0,
+                        help="train LoRA adapters of this rank (0: full fine-tuning)")
     parser.add_argument("--lora_alpha", type=float, default=16.0)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=8)

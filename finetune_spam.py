@@ -30,8 +30,8 @@ import zipfile
 from dataclasses import asdict
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 import gpt
@@ -129,7 +129,7 @@ def encode(examples, tokenizer, max_length):
 
 # ----------------------------------------------------------------------------- model
 
-def add_classification_head(model, num_classes=len(LABELS)):
+def add_classification_head(model, num_classes=2):
     """Replace the LM head (C -> vocab_size, tied to wte) with a new Linear C -> num_classes."""
     model.lm_head = nn.Linear(model.config.n_embd, num_classes)
     return model
@@ -240,7 +240,8 @@ def parse_trainable(value, init, n_layer):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Fine-tune a GPT to classify SMS messages as ham or spam.")
-    parser.add_argument("--init", default="scratch", help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
+    parser.add_argument("--init", default="scratch",
+                        help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
     parser.add_argument("--weights", help="local GPT-2 safetensors file or folder for --init gpt2 (no network)")
     parser.add_argument("--cache_dir", default=load_gpt2.DEFAULT_CACHE, help="where GPT-2 downloads are kept")
     parser.add_argument("--data", default=os.path.join(HERE, "data", "sms_spam.tsv"))

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 MODEL_TYPE = "gpt"
 
@@ -40,13 +40,13 @@ class GPTConfig:
 
 
 PRESETS = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # 124M parameters
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},  # 350M
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},  # 774M
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},  # 1558M
     # nanoGPT's CPU Shakespeare recipe, with its model's choices: no biases ("a bit better and
     # faster") and nn.GELU()'s exact GELU (PyTorch's CPU kernel for the tanh form is ~3x slower)
-    "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, gelu_approximate="none"),
+    "cpu": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "bias": False, "gelu_approximate": "none"},
 }
 
 
@@ -73,7 +73,7 @@ def causal_attention(q, k, v, dropout, scale=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
     (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
-    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
+    options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
@@ -158,7 +158,7 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # GPT-2: N(0, 0.02), zero biases; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer),
+        # GPT-2: normal(0, 0.02), zero biases; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer),
         # so the residual stream's variance does not grow with depth
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
@@ -169,7 +169,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets
         (B, T; -100 is ignored) when given. With `cache` (new_cache()) idx continues the cached positions."""
-        B, T = idx.shape
+        T = idx.size(1)
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
@@ -223,7 +223,7 @@ class GPT(nn.Module):
         return {"total": total, "active": total}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without the
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without the
         position table, a lookup; the tied wte counts once, as the head) + 12 * n_layer * n_embd * seq_len."""
         n_matmul = self.param_counts()["active"] - self.wpe.weight.numel()
         return 6 * n_matmul + 12 * self.config.n_layer * self.config.n_embd * seq_len

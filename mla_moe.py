@@ -19,8 +19,8 @@ import numpy as np
 import tiktoken
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 MODEL_TYPE = "mlamoe"
 
@@ -62,10 +62,10 @@ class MLAMoEConfig:
 
 
 PRESETS = {
-    "gpt2": dict(),  # GPT-2 small's shape: MLA caches 288 values per token per layer, MHA 1536
+    "gpt2": {},  # GPT-2 small's shape: MLA caches 288 values per token per layer, MHA 1536
     # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; r 48 + dr 16 = MHA's 256 / 4
-    "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, kv_lora_rank=48, qk_nope_head_dim=32,
-                qk_rope_head_dim=16, v_head_dim=32, mlp_hidden=384, moe_hidden=96),
+    "cpu": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "kv_lora_rank": 48, "qk_nope_head_dim": 32,
+                "qk_rope_head_dim": 16, "v_head_dim": 32, "mlp_hidden": 384, "moe_hidden": 96},
 }
 
 
@@ -244,7 +244,7 @@ def causal_attention(q, k, v, dropout, scale=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
     (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
-    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
+    options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
@@ -361,7 +361,7 @@ class MLAMoE(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # N(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
+        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
         # residual stream's variance does not grow with depth (Router inits its own weights)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
@@ -370,7 +370,7 @@ class MLAMoE(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
         -100 is ignored), plus in training the weighted MoE and MTP losses. With `cache`, idx continues it."""
-        B, T = idx.shape
+        T = idx.size(1)
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
@@ -433,7 +433,7 @@ class MLAMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without the
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without the
         embedding table, a lookup) + 6 * seq_len * n_head * (dn + dr + dv) per attention layer, MTP's too."""
         config = self.config
         n_matmul = self.param_counts()["active"] - self.wte.weight.numel()

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 MODEL_TYPE = "moderngpt"
 
@@ -53,11 +53,11 @@ class ModernGPTConfig:
 
 PRESETS = {
     # GPT-2 small's shape; SwiGLU 2048 = 8/3 * 768 matches its MLP, so 123.6M parameters (GPT-2: 124.4M)
-    "gpt2": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_kv_head=16, n_embd=1024),  # 355M
-    "small-gqa": dict(n_layer=12, n_head=12, n_kv_head=4, n_embd=768),  # 114M, a KV cache 1/3 as large
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_kv_head": 12, "n_embd": 768},
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_kv_head": 16, "n_embd": 1024},  # 355M
+    "small-gqa": {"n_layer": 12, "n_head": 12, "n_kv_head": 4, "n_embd": 768},  # 114M, a KV cache 1/3 as large
     # nanoGPT's CPU Shakespeare recipe; 2 KV heads and SwiGLU 384: each block as large as gpt.py's "cpu" one
-    "cpu": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=64),
+    "cpu": {"n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 128, "block_size": 64},
 }
 
 
@@ -133,7 +133,7 @@ def causal_attention(q, k, v, dropout, scale=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
     (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
-    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
+    options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
@@ -234,7 +234,7 @@ class ModernGPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # N(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
+        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
         # residual stream's variance does not grow with depth
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
@@ -243,7 +243,7 @@ class ModernGPT(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets
         (B, T; -100 is ignored) when given. With `cache` (new_cache()) idx continues the cached positions."""
-        B, T = idx.shape
+        T = idx.size(1)
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
@@ -295,7 +295,7 @@ class ModernGPT(nn.Module):
         return {"total": total, "active": total}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without an
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without an
         untied embedding table, a lookup) + 12 * n_layer * (n_head * head_dim) * seq_len for attention."""
         config = self.config
         n_matmul = self.param_counts()["active"] - (0 if config.tie_embeddings else self.wte.weight.numel())

@@ -20,8 +20,8 @@ import numpy as np
 import tiktoken
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 MODEL_TYPE = "moegpt"
 
@@ -42,12 +42,12 @@ class MoEGPTConfig:
     tie_embeddings: bool = True  # the output head shares its weight with the token embedding
     norm_eps: float = 1e-5  # added to the mean square in RMSNorm
     dropout: float = 0.0  # probability, on embeddings, attention weights and residual branches
-    # mixture of experts; expert counts before fine-grained segmentation (DeepSeekMoE's N, K and K_s)
+    # mixture of experts; expert counts before fine-grained segmentation
     n_routed_experts: int = 8  # experts the router chooses from
     top_k: int = 1  # routed experts per token
     n_shared_experts: int = 1  # experts every token goes through, with weight 1 (0 = none)
-    granularity: int = 2  # m: each expert split into m of hidden/m; m*N routed, m*K chosen, m*K_s shared
-    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = dense SwiGLU's / (K + K_s)
+    granularity: int = 2  # m: each expert split into m of hidden / m, m times as many routed, chosen, shared
+    moe_hidden: int = 0  # one expert's hidden size before splitting; 0 = dense SwiGLU's / (top_k + shared)
     first_dense_layers: int = 0  # leading blocks that keep the dense SwiGLU
     gate: str = "softmax"  # "softmax" (DeepSeekMoE, Qwen3-MoE) or "sigmoid" (DeepSeek-V3) expert scores
     renormalize: bool = True  # divide the chosen experts' scores by their sum (with top-1: every weight 1)
@@ -61,9 +61,9 @@ class MoEGPTConfig:
 
 
 PRESETS = {  # each at its modern_gpt namesake's active size: shared + chosen experts = its SwiGLU
-    "gpt2": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, first_dense_layers=1),  # 124M active
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_kv_head": 12, "n_embd": 768, "first_dense_layers": 1},  # 124M active
     # nanoGPT's CPU recipe: a shared expert of 192 hidden units + 2 of 16 routed ones of 96 = SwiGLU 384
-    "cpu": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=64),
+    "cpu": {"n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 128, "block_size": 64},
 }
 
 
@@ -130,7 +130,7 @@ def causal_attention(q, k, v, dropout, scale=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
     (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
-    options = dict(dropout_p=dropout, scale=scale, enable_gqa=k.size(1) != q.size(1))
+    options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
     if t == S:  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
     if t == 1:  # one new token sees every cached position
@@ -264,7 +264,7 @@ class Experts(nn.Module):
 
 class MoE(nn.Module):
     """DeepSeekMoE (eqs. 9-11): shared experts plus the top-k routed ones. Granularity m (§3.1): m*E routed
-    experts of hidden/m, m*k chosen. The shared experts (weight 1) run as one SwiGLU of K_s * hidden units."""
+    experts of hidden/m, m*k chosen. The shared experts (weight 1) run as one SwiGLU of shared * hidden units."""
 
     def __init__(self, config):
         super().__init__()
@@ -368,7 +368,7 @@ class MoEGPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # N(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
+        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
         # residual stream's variance does not grow with depth (Router and Experts init their own weights)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
@@ -377,7 +377,7 @@ class MoEGPT(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
         -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
-        B, T = idx.shape
+        T = idx.size(1)
         start = cache[0].pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
@@ -437,7 +437,7 @@ class MoEGPT(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6N for the weight matmuls (N without an
+        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without an
         untied embedding table, a lookup) + 12 * n_layer * (n_head * head_dim) * seq_len for attention."""
         config = self.config
         n_matmul = self.param_counts()["active"] - (0 if config.tie_embeddings else self.wte.weight.numel())

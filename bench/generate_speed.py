@@ -9,6 +9,7 @@ With the cache each new token runs one position through the model; without it ev
 whole context again (what nanoGPT's generate does). The two run alternately, --reps times each, and
 the medians are printed; the two outputs are checked to be the same tokens.
 """
+
 import argparse
 import importlib
 import os
@@ -19,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from train import MODEL_FILES  # noqa: E402
+from train import MODEL_FILES
 
 
 def tokens_per_second(model, prompt, new_tokens, use_cache):
@@ -41,8 +42,10 @@ def main():
     torch.manual_seed(0)
     model = module.Model(module.Config(**module.PRESETS[args.preset])).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len))
-    print(f"{args.model_type} {args.preset}: {model.param_counts()['total'] / 1e6:.1f}M parameters, "
-          f"{torch.get_num_threads()} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens")
+    print(
+        f"{args.model_type} {args.preset}: {model.param_counts()['total'] / 1e6:.1f}M parameters, "
+        f"{torch.get_num_threads()} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens"
+    )
     cached, recomputed = [], []
     for _ in range(args.reps):
         speed, out_cached = tokens_per_second(model, prompt, args.new_tokens, use_cache=True)

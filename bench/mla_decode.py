@@ -10,6 +10,7 @@ Greedy decoding of --new_tokens tokens after a --prompt_len-token prompt, from r
 ...) so that a machine shared with other work slows both alike; the medians are reported, and
 the two outputs are checked to be the same tokens.
 """
+
 import argparse
 import os
 import statistics
@@ -19,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import mla_moe  # noqa: E402
+import mla_moe
 
 
 def timed_generate(model, prompt, new_tokens, use_cache, device):
@@ -47,8 +48,9 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = mla_moe.MLAMoEConfig(**{**mla_moe.PRESETS[args.preset], "block_size": args.block_size,
-                                     "vocab_size": args.vocab_size})
+    config = mla_moe.MLAMoEConfig(
+        **{**mla_moe.PRESETS[args.preset], "block_size": args.block_size, "vocab_size": args.vocab_size}
+    )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = mla_moe.MLAMoE(config).to(args.device, dtype).eval()
@@ -62,9 +64,11 @@ def main():
             dt, outputs[name] = timed_generate(model, prompt, args.new_tokens, use_cache, args.device)
             seconds[name].append(dt)
     tokens = args.new_tokens * args.batch_size
-    print(f"mla_moe {args.preset} preset, block_size {args.block_size}, {model.param_counts()['total'] / 1e6:.2f}M "
-          f"parameters, {args.device} {args.dtype}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"prompt {args.prompt_len}, {args.new_tokens} new tokens, median of {args.reps} interleaved runs")
+    print(
+        f"mla_moe {args.preset} preset, block_size {args.block_size}, {model.param_counts()['total'] / 1e6:.2f}M "
+        f"parameters, {args.device} {args.dtype}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
+        f"prompt {args.prompt_len}, {args.new_tokens} new tokens, median of {args.reps} interleaved runs"
+    )
     for name, times in seconds.items():
         median = statistics.median(times)
         runs = ", ".join(f"{t:.3f}" for t in times)

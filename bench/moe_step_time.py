@@ -15,6 +15,7 @@ processes hits both sides alike, and prints the median of the per-repetition rat
     python bench/moe_step_time.py --threads 1 --reps 9 --calls 3   # the figures in the README
     python bench/moe_step_time.py --granularity 4      # 4 of 32 routed experts instead of 2 of 16
 """
+
 import argparse
 import os
 import statistics
@@ -24,14 +25,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import modern_gpt  # noqa: E402
-import moe_gpt  # noqa: E402
+import modern_gpt
+import moe_gpt
 
 SETTINGS = {  # name: (model shape, batch B, sequence T)
-    "cpu recipe (4 x 128, B 12, T 64)": (dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128), 12, 64),
-    "bigger (4 x 256, B 8, T 256)": (dict(n_layer=4, n_head=8, n_kv_head=4, n_embd=256), 8, 256),
+    "cpu recipe (4 x 128, B 12, T 64)": ({"n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 128}, 12, 64),
+    "bigger (4 x 256, B 8, T 256)": ({"n_layer": 4, "n_head": 8, "n_kv_head": 4, "n_embd": 256}, 8, 256),
 }
-MOE = dict(n_routed_experts=8, top_k=1, n_shared_experts=1, first_dense_layers=0)  # moe_gpt's "cpu" preset
+MOE = {"n_routed_experts": 8, "top_k": 1, "n_shared_experts": 1, "first_dense_layers": 0}  # moe_gpt's "cpu" preset
 
 
 def interleaved_ratio(run_a, run_b, reps, calls):
@@ -56,14 +57,16 @@ def train_step_fn(model, x, y):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if hasattr(model, "update_balance_bias"):
-            model.update_balance_bias()
+        for moe in model.moe_layers() if hasattr(model, "moe_layers") else []:
+            moe.update_bias()
+
     return step
 
 
 def layer_fn(layer, x):
     def step():
         layer(x).square().mean().backward()
+
     return step
 
 
@@ -72,8 +75,12 @@ def main():
     p.add_argument("--reps", type=int, default=7, help="interleaved A/B repetitions")
     p.add_argument("--calls", type=int, default=5, help="calls timed together in one repetition")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--dispatch", choices=["auto", "loop"], default="auto",
-                   help="auto: F.grouped_mm where this PyTorch has it; loop: one matmul per expert")
+    p.add_argument(
+        "--dispatch",
+        choices=["auto", "loop"],
+        default="auto",
+        help="auto: F.grouped_mm where this PyTorch has it; loop: one matmul per expert",
+    )
     p.add_argument("--granularity", type=int, default=2, help="DeepSeekMoE's m (moe_gpt's default: 2)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
@@ -81,8 +88,10 @@ def main():
         torch.set_num_threads(args.threads)
     if args.dispatch == "loop":
         moe_gpt.grouped_mm_dtype = lambda *a: None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"dispatch {args.dispatch}, grouped_mm available: {hasattr(torch.nn.functional, 'grouped_mm')}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+        f"dispatch {args.dispatch}, grouped_mm available: {hasattr(torch.nn.functional, 'grouped_mm')}"
+    )
     for name, (shape, B, T) in SETTINGS.items():
         torch.manual_seed(0)
         dense = modern_gpt.ModernGPT(modern_gpt.ModernGPTConfig(**shape, block_size=T, vocab_size=65)).to(args.device)
@@ -90,21 +99,30 @@ def main():
         moe = moe_gpt.MoEGPT(config).to(args.device)
         d, m = dense.param_counts(), moe.param_counts()
         layer = moe.h[0].mlp
-        print(f"\n{name}: dense SwiGLU {dense.h[0].mlp.gate.out_features} hidden | MoE: shared "
-              f"{layer.shared.gate.out_features if layer.shared else 0} + {layer.top_k} of {layer.n_experts} "
-              f"routed x {layer.experts.gate.size(1)} hidden")
-        print(f"  parameters: modern_gpt {d['total'] / 1e6:.3f}M | moe_gpt {m['total'] / 1e6:.3f}M total, "
-              f"{m['active'] / 1e6:.3f}M active (+{m['active'] - d['active']:,} router weights)")
+        print(
+            f"\n{name}: dense SwiGLU {dense.h[0].mlp.gate.out_features} hidden | MoE: shared "
+            f"{layer.shared.gate.out_features if layer.shared else 0} + {layer.top_k} of {layer.n_experts} "
+            f"routed x {layer.experts.gate.size(1)} hidden"
+        )
+        print(
+            f"  parameters: modern_gpt {d['total'] / 1e6:.3f}M | moe_gpt {m['total'] / 1e6:.3f}M total, "
+            f"{m['active'] / 1e6:.3f}M active (+{m['active'] - d['active']:,} router weights)"
+        )
         x = torch.randint(0, 65, (B, T), device=args.device)
         y = torch.randint(0, 65, (B, T), device=args.device)
-        a, b, ratio, lo, hi = interleaved_ratio(train_step_fn(moe, x, y), train_step_fn(dense, x, y),
-                                                args.reps, args.calls)
-        print(f"  (a) train step: moe_gpt {a:.1f} ms, modern_gpt {b:.1f} ms, ratio {ratio:.2f}x "
-              f"(range {lo:.2f}-{hi:.2f} over {args.reps} interleaved reps)")
+        a, b, ratio, lo, hi = interleaved_ratio(
+            train_step_fn(moe, x, y), train_step_fn(dense, x, y), args.reps, args.calls
+        )
+        print(
+            f"  (a) train step: moe_gpt {a:.1f} ms, modern_gpt {b:.1f} ms, ratio {ratio:.2f}x "
+            f"(range {lo:.2f}-{hi:.2f} over {args.reps} interleaved reps)"
+        )
         h = torch.randn(B * T, shape["n_embd"], device=args.device).view(B, T, -1)
         a, b, ratio, lo, hi = interleaved_ratio(layer_fn(layer, h), layer_fn(dense.h[0].mlp, h), args.reps, args.calls)
-        print(f"  (b) layer fwd+bwd: MoE {a:.2f} ms, dense SwiGLU {b:.2f} ms, ratio {ratio:.2f}x "
-              f"(range {lo:.2f}-{hi:.2f})")
+        print(
+            f"  (b) layer fwd+bwd: MoE {a:.2f} ms, dense SwiGLU {b:.2f} ms, ratio {ratio:.2f}x "
+            f"(range {lo:.2f}-{hi:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ between a gpt.py run and a nanoGPT run of the recipe comes from the random draws
 batch positions, evaluation batches), not from the model or the optimizer. nanoGPT is read from your
 checkout, not copied into this project.
 """
+
 import argparse
 import importlib.util
 import math
@@ -21,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gpt  # noqa: E402
+import gpt
 
 
 def nanogpt_lr(step, max_lr=1e-3, min_lr=1e-4, warmup=100, decay_steps=2000):
@@ -45,16 +46,22 @@ def main():
     nanogpt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(nanogpt)
 
-    train_ids, _, tokenizer = gpt.load_dataset(args.data, "char")
+    train_ids, _, tokenizer = gpt.load_dataset(args.data)  # characters
     torch.manual_seed(0)
     ours = gpt.GPT(gpt.GPTConfig(**gpt.PRESETS["cpu"], vocab_size=tokenizer.vocab_size))
-    theirs = nanogpt.GPT(nanogpt.GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False,
-                                           vocab_size=tokenizer.vocab_size, dropout=0.0))
+    theirs = nanogpt.GPT(
+        nanogpt.GPTConfig(
+            n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, vocab_size=tokenizer.vocab_size, dropout=0.0
+        )
+    )
     # nanoGPT keeps the same names under a "transformer." prefix; its head is tied as ours
-    theirs.load_state_dict({(k if k.startswith("lm_head") else "transformer." + k): v
-                            for k, v in ours.state_dict().items()})
-    optimizers = [ours.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu"),
-                  theirs.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")]
+    theirs.load_state_dict(
+        {(k if k.startswith("lm_head") else "transformer." + k): v for k, v in ours.state_dict().items()}
+    )
+    optimizers = [
+        ours.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu"),
+        theirs.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu"),
+    ]
     generator = torch.Generator().manual_seed(1337)
     largest = 0.0
     for step in range(args.steps):

@@ -10,6 +10,7 @@ run's log.jsonl (the first 10 steps are warm-up and left out) and prints, per mo
 time over all rounds, tokens per second, and the ratio to the first model. "fgram-off" is fgram with
 --fgram_max_n 0.
 """
+
 import argparse
 import json
 import os
@@ -24,9 +25,32 @@ MODELS = ["gpt", "moderngpt", "moegpt", "mlamoe", "fgram", "fgram-off"]
 
 def step_times(model, steps, out_dir):
     args = ["--model_type", "fgram", "--fgram_max_n", "0"] if model == "fgram-off" else ["--model_type", model]
-    subprocess.run([sys.executable, "train.py", *args, "--tokenizer", "char", "--dropout", "0", "--max_steps",
-                    str(steps), "--eval_interval", str(steps), "--eval_iters", "1", "--sample_tokens", "0",
-                    "--log_interval", str(steps), "--out_dir", out_dir], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *args,
+            "--tokenizer",
+            "char",
+            "--dropout",
+            "0",
+            "--max_steps",
+            str(steps),
+            "--eval_interval",
+            str(steps),
+            "--eval_iters",
+            "1",
+            "--sample_tokens",
+            "0",
+            "--log_interval",
+            str(steps),
+            "--out_dir",
+            out_dir,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         return [r["ms"] for r in map(json.loads, f) if "ms" in r][10:]
 
@@ -43,7 +67,8 @@ def main():
             for m in args.models:
                 times[m] += step_times(m, args.steps, os.path.join(tmp, f"{m}-{r}"))
     first = statistics.median(times[args.models[0]])
-    print(f"{'model':<12}{'ms/step':>10}{'tok/s':>10}{'ratio':>8}   (B 12 x T 64, median of {args.rounds} x {args.steps - 10} steps)")
+    header = f"{'model':<12}{'ms/step':>10}{'tok/s':>10}{'ratio':>8}"
+    print(f"{header}   (B 12 x T 64, median of {args.rounds} x {args.steps - 10} steps)")
     for m in args.models:
         ms = statistics.median(times[m])
         print(f"{m:<12}{ms:>10.1f}{12 * 64 / ms * 1000:>10,.0f}{ms / first:>8.2f}")

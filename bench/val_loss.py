@@ -14,6 +14,7 @@ is scored too: gpt.py computes the same function (bench/nanogpt_equivalence.py),
 loaded into gpt.py under their GPT-2 names and the characters of --data are its vocabulary, as in
 nanoGPT's data/shakespeare_char/prepare.py.
 """
+
 import argparse
 import importlib
 import os
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gpt  # noqa: E402
-from train import HERE, MODEL_FILES  # noqa: E402
+import gpt
+from train import HERE, MODEL_FILES
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def whole_split_loss(model, ids, block_size, batch_size=64):
     starts = np.arange(n_windows) * block_size
     total, count = 0.0, 0
     for i in range(0, n_windows, batch_size):
-        windows = ids[starts[i:i + batch_size, None] + np.arange(block_size + 1)]
+        windows = ids[starts[i : i + batch_size, None] + np.arange(block_size + 1)]
         windows = torch.from_numpy(windows.astype(np.int64))
         _, loss = model(windows[:, :-1], windows[:, 1:])
         total += loss.item() * windows[:, 1:].numel()

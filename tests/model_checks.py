@@ -3,6 +3,7 @@
 Each takes a freshly built model (small config, dropout 0) and asserts a property that a
 bug in attention masking, caching or wiring would break.
 """
+
 import dataclasses
 
 import torch
@@ -32,12 +33,14 @@ def check_causality(model, vocab_size, T=16, B=2):
         reference, _ = model(idx)
         for t in range(T - 1):
             changed = idx.clone()
-            changed[:, t + 1:] = torch.randint(0, vocab_size, (B, T - t - 1))
+            changed[:, t + 1 :] = torch.randint(0, vocab_size, (B, T - t - 1))
             logits, _ = model(changed)
-            assert torch.allclose(logits[:, :t + 1], reference[:, :t + 1], atol=1e-5), \
+            assert torch.allclose(logits[:, : t + 1], reference[:, : t + 1], atol=1e-5), (
                 f"logits at positions <= {t} changed when only later tokens changed"
-            assert not torch.allclose(logits[:, t + 1:], reference[:, t + 1:]), \
+            )
+            assert not torch.allclose(logits[:, t + 1 :], reference[:, t + 1 :]), (
                 "changing tokens did not change any later logit: the check would be vacuous"
+            )
 
 
 def check_kv_cache_matches_recompute(model, vocab_size, prompt_len=5, new_tokens=20, B=2):
@@ -62,7 +65,7 @@ def check_cached_logits_match(model, vocab_size, T=12, B=2, split=7):
         cache = model.new_cache(B)
         pieces = [model(idx[:, :split], cache=cache)[0]]
         for t in range(split, T):
-            pieces.append(model(idx[:, t:t + 1], cache=cache)[0])
+            pieces.append(model(idx[:, t : t + 1], cache=cache)[0])
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-4)
 
 
@@ -86,5 +89,12 @@ def check_overfits_one_batch(model, vocab_size, steps=150, lr=3e-3, B=4, T=16, t
 def save_checkpoint(module, model, tokenizer, path):
     """A checkpoint as train.py writes one: the model type, the config as a plain dict, the weights and the
     tokenizer's state, in one torch.save."""
-    torch.save({"model_type": module.MODEL_TYPE, "config": dataclasses.asdict(model.config),
-                "model": model.state_dict(), "tokenizer": tokenizer.state()}, path)
+    torch.save(
+        {
+            "model_type": module.MODEL_TYPE,
+            "config": dataclasses.asdict(model.config),
+            "model": model.state_dict(),
+            "tokenizer": tokenizer.state(),
+        },
+        path,
+    )

@@ -1,5 +1,6 @@
 """bench/val_loss.py, the script behind the README's whole-split figures: its loss against a direct
 computation, a checkpoint in nanoGPT's format scored through gpt.py, and a train.py checkpoint through its file."""
+
 import os
 import subprocess
 import sys
@@ -7,14 +8,14 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
+from model_checks import save_checkpoint
 
 import gpt
 import modern_gpt
-from model_checks import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-import val_loss  # noqa: E402
+import val_loss
 
 
 def test_whole_split_loss_is_the_mean_over_every_window():
@@ -22,7 +23,7 @@ def test_whole_split_loss_is_the_mean_over_every_window():
     model = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=2, n_embd=16)).eval()
     ids = np.random.default_rng(0).integers(0, 20, 8 * 11 + 5).astype(np.uint16)  # 11 windows and a rest
     loss, count = val_loss.whole_split_loss(model, ids, block_size=8, batch_size=4)
-    windows = torch.from_numpy(ids[:8 * 11 + 1].astype(np.int64))
+    windows = torch.from_numpy(ids[: 8 * 11 + 1].astype(np.int64))
     x, y = windows[:-1].view(11, 8), windows[1:].view(11, 8)
     with torch.no_grad():
         expected = F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item()
@@ -34,16 +35,31 @@ def test_a_nanogpt_checkpoint_is_scored_through_gpt_py(tmp_path):
     data = tmp_path / "corpus.txt"
     data.write_text(text)
     _, val_ids, tokenizer = gpt.load_dataset(str(data))  # char-level: the characters of the text
-    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=tokenizer.vocab_size, dropout=0.0)
+    args = {
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "block_size": 16,
+        "bias": False,
+        "vocab_size": tokenizer.vocab_size,
+        "dropout": 0.0,
+    }
     torch.manual_seed(0)
     model = gpt.GPT(gpt.GPTConfig(**{k: v for k, v in args.items() if k != "dropout"}, gelu_approximate="none")).eval()
     # nanoGPT's names: "transformer." before GPT-2's, "_orig_mod." when it was compiled
-    state = {("_orig_mod." + name if name.startswith("lm_head") else "_orig_mod.transformer." + name): tensor
-             for name, tensor in model.state_dict().items()}
+    state = {
+        ("_orig_mod." + name if name.startswith("lm_head") else "_orig_mod.transformer." + name): tensor
+        for name, tensor in model.state_dict().items()
+    }
     torch.save({"model": state, "model_args": args, "iter_num": 5, "config": {"dataset": "x"}}, tmp_path / "ckpt.pt")
     expected, _ = val_loss.whole_split_loss(model, val_ids, 16)
-    result = subprocess.run([sys.executable, "bench/val_loss.py", str(tmp_path / "ckpt.pt"), "--data", str(data)],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "bench/val_loss.py", str(tmp_path / "ckpt.pt"), "--data", str(data)],
+        capture_output=True,
+        check=False,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert "nanoGPT" in result.stdout and f"loss {expected:.4f}" in result.stdout
 
@@ -52,13 +68,22 @@ def test_a_train_py_checkpoint_is_scored_through_its_model_file(tmp_path):
     text = "".join(np.random.default_rng(2).choice(list("abcdefgh \n"), 3000))
     data = tmp_path / "corpus.txt"
     data.write_text(text)
-    _, val_ids, tokenizer = modern_gpt.load_dataset(str(data))
+    tokenizer = modern_gpt.Tokenizer("bpe", merges=[(97, 98), (99, 100), (256, 257)])  # "ab", "cd", "abcd"
+    _, val_ids, _ = modern_gpt.load_dataset(str(data), tokenizer)  # the checkpoint's tokenizer, not the default
     torch.manual_seed(0)
-    model = modern_gpt.ModernGPT(modern_gpt.ModernGPTConfig(block_size=16, vocab_size=tokenizer.vocab_size, n_layer=1,
-                                                            n_head=2, n_kv_head=1, n_embd=16, multiple_of=16)).eval()
+    model = modern_gpt.ModernGPT(
+        modern_gpt.ModernGPTConfig(
+            block_size=16, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, multiple_of=16
+        )
+    ).eval()
     save_checkpoint(modern_gpt, model, tokenizer, tmp_path / "ckpt.pt")
     expected, count = val_loss.whole_split_loss(model, val_ids, 16)
-    result = subprocess.run([sys.executable, "bench/val_loss.py", str(tmp_path / "ckpt.pt"), "--data", str(data)],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "bench/val_loss.py", str(tmp_path / "ckpt.pt"), "--data", str(data)],
+        capture_output=True,
+        check=False,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert f"moderngpt, whole validation split ({count:,} tokens): loss {expected:.4f}" in result.stdout

@@ -1,5 +1,6 @@
 """bpe.py: merges equal to a plain reference BPE's, tiktoken's encoding equal to the merges applied by hand,
 exact round trips, the same merges under any hash seed, distinct token bytes, the cache."""
+
 import hashlib
 import itertools
 import json
@@ -33,8 +34,9 @@ def encoding_from_merges(merges):
     for a, b in merges:
         tokens.append(tokens[a] + tokens[b])
     ranks = {token: rank for rank, token in enumerate(tokens)}
-    return tiktoken.Encoding("bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": len(ranks)})
+    return tiktoken.Encoding(
+        "bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
 
 
 def merge_everywhere(word, pair, token):
@@ -136,11 +138,27 @@ def test_round_trips_any_text():
     merges = bpe.learn_bpe(TRAIN, 257 + 200)
     encoding = encoding_from_merges(merges)
     rng = random.Random(0)
-    never_seen = "".join(chr(rng.choice([rng.randint(0x20, 0xD7FF), rng.randint(0xE000, 0x10FFFF)]))
-                         for _ in range(500))
-    texts = ["", " ", "\n", "\n\n\n\n", "\t\t \t\n  \r\n\r\n   ", "   trailing spaces   ", "\x00\x01\x7f",
-             "日本語のテキスト", "e\u0301 a\u0300\u0323 combining", "👩\u200d👩\u200d👧 zero width joiner", "\ufeffbom",
-             UNICODE, HELD_OUT, never_seen, "that's it's 'quoted' we'VE", "x" * 1000]
+    never_seen = "".join(
+        chr(rng.choice([rng.randint(0x20, 0xD7FF), rng.randint(0xE000, 0x10FFFF)])) for _ in range(500)
+    )
+    texts = [
+        "",
+        " ",
+        "\n",
+        "\n\n\n\n",
+        "\t\t \t\n  \r\n\r\n   ",
+        "   trailing spaces   ",
+        "\x00\x01\x7f",
+        "日本語のテキスト",
+        "e\u0301 a\u0300\u0323 combining",
+        "👩\u200d👩\u200d👧 zero width joiner",
+        "\ufeffbom",
+        UNICODE,
+        HELD_OUT,
+        never_seen,
+        "that's it's 'quoted' we'VE",
+        "x" * 1000,
+    ]
     for text in texts:
         ids = encoding.encode_ordinary(text)
         assert all(0 <= i < 256 + len(merges) for i in ids)
@@ -154,8 +172,14 @@ def test_deterministic_under_any_hash_seed():
     assert bpe.learn_bpe(TRAIN, 257 + 200) == merges
     code = "import bpe, json, sys; print(json.dumps(bpe.learn_bpe(sys.stdin.buffer.read().decode(), 457)))"
     for seed in ("0", "1"):
-        run = subprocess.run([sys.executable, "-c", code], input=TRAIN.encode(), capture_output=True, cwd=ROOT,
-                             env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        run = subprocess.run(
+            [sys.executable, "-c", code],
+            input=TRAIN.encode(),
+            capture_output=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
         assert [tuple(merge) for merge in json.loads(run.stdout)] == merges
 
 
@@ -170,6 +194,7 @@ def test_learned_merges_are_cached(tmp_path, monkeypatch):
 
     def learn_bpe(text, vocab_size):
         raise AssertionError("learned again")
+
     monkeypatch.setattr(bpe, "learn_bpe", learn_bpe)
     assert bpe.learned_merges(corpus, TRAIN, 300) == merges  # read back from the file, as tuples
     shutil.copy(f"{corpus}.bpe300.json", f"{corpus}.bpe301.json")  # a file of another size, renamed

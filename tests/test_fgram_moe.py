@@ -1,5 +1,6 @@
 """fgram_moe.py: the model's invariants, its MoE against a per-token reference loop, F-gram mining and lookup
 against plain references, the F-gram encoder and gate, F-grams off (= moe_gpt.py), and train.py end to end."""
+
 import collections
 import dataclasses
 import math
@@ -11,11 +12,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import (
+    check_cached_logits_match,
+    check_causality,
+    check_every_parameter_gets_gradient,
+    check_kv_cache_matches_recompute,
+    check_overfits_one_batch,
+)
 
 import fgram_moe as fm
 import moe_gpt
-from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
-                          check_kv_cache_matches_recompute, check_overfits_one_batch)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 8  # few characters, so random sequences are full of mined n-grams
@@ -33,8 +39,18 @@ def corpus(length=20000, seed=0):
 
 def tiny(prepared=True, **kw):
     torch.manual_seed(0)
-    config = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=2, n_kv_head=2, n_embd=32, multiple_of=16,
-                  dropout=0.0, fgram_max_n=3, fgram_vocab_size=128)
+    config = {
+        "block_size": 16,
+        "vocab_size": VOCAB,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_kv_head": 2,
+        "n_embd": 32,
+        "multiple_of": 16,
+        "dropout": 0.0,
+        "fgram_max_n": 3,
+        "fgram_vocab_size": 128,
+    }
     model = fm.FgramMoE(fm.FgramMoEConfig(**{**config, **kw}))
     if prepared:
         model.prepare_data(corpus())
@@ -50,11 +66,12 @@ def brute_force_lookup(idx, table):
         for t in range(T):
             for n in range(2, table.size(1) + 1):
                 if t - n + 1 >= 0:
-                    out[b, t, n - 2] = row_of.get(tuple(idx[b, t - n + 1:t + 1].tolist()), -1)
+                    out[b, t, n - 2] = row_of.get(tuple(idx[b, t - n + 1 : t + 1].tolist()), -1)
     return out
 
 
 # ----------------------------------------------------------------------------- the generic checks
+
 
 @pytest.mark.parametrize("max_n", [2, 3, 4])
 def test_every_parameter_gets_gradient(max_n):
@@ -94,6 +111,7 @@ def test_overfits_one_batch():
 
 # ----------------------------------------------------------------------------- mining and lookup
 
+
 def test_mining_keeps_the_most_frequent_ngrams_deterministically():
     ids = corpus()
     table = fm.mine_fgrams(ids, VOCAB, 3, 50)
@@ -101,7 +119,7 @@ def test_mining_keeps_the_most_frequent_ngrams_deterministically():
     assert np.array_equal(table, fm.mine_fgrams(ids.copy(), VOCAB, 3, 50))  # same ids, same table
     counts = collections.Counter()
     for n in (2, 3):
-        counts.update(tuple(ids[i:i + n].tolist()) for i in range(len(ids) - n + 1))
+        counts.update(tuple(ids[i : i + n].tolist()) for i in range(len(ids) - n + 1))
     kept = [tuple(t for t in row if t >= 0) for row in table.tolist()]
     assert len(set(kept)) == 50
     kept_counts = [counts[g] for g in kept]
@@ -140,15 +158,16 @@ def test_lookup_at_t_reads_only_tokens_t_minus_n_plus_1_to_t(n):
     table = torch.from_numpy(fm.mine_fgrams(corpus(), VOCAB, 4, 300))
     idx = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(2))
     rows = fm.lookup_fgrams(idx, table, VOCAB)[..., n - 2]
-    assert (rows[:, :n - 1] == -1).all()  # the n-gram would begin before the sequence
+    assert (rows[:, : n - 1] == -1).all()  # the n-gram would begin before the sequence
     for t in range(12):
         changed = idx.clone()
-        changed[:, t + 1:] = (changed[:, t + 1:] + 1) % VOCAB  # every later token changes
-        changed[:, :max(0, t - n + 1)] = (changed[:, :max(0, t - n + 1)] + 1) % VOCAB  # and every earlier one
+        changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % VOCAB  # every later token changes
+        changed[:, : max(0, t - n + 1)] = (changed[:, : max(0, t - n + 1)] + 1) % VOCAB  # and every earlier one
         assert torch.equal(fm.lookup_fgrams(changed, table, VOCAB)[:, t, n - 2], rows[:, t])
 
 
 # ----------------------------------------------------------------------------- encoder, gate, F-grams off
+
 
 def test_encoder_vector_is_the_block_output_at_the_last_character_of_the_ngram_alone():
     # each n-gram through the whole block alone, unpadded: the batched vector is its last output
@@ -184,10 +203,22 @@ def moe_gpt_twin(model):
     c = model.config
     shared = {f.name for f in dataclasses.fields(moe_gpt.MoEGPTConfig)} & {f.name for f in dataclasses.fields(c)}
     hidden = model.h[0].mlp.experts[0].gate.out_features
-    plain = moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(
-        **{name: getattr(c, name) for name in shared if name != "moe_hidden"}, n_routed_experts=c.n_experts,
-        moe_hidden=hidden, n_shared_experts=0, granularity=1, z_loss_weight=0.0, gate="softmax", renormalize=True,
-        first_dense_layers=0, tie_embeddings=True, seq_aux_loss_weight=0.0, bias_update_rate=0.0))
+    plain = moe_gpt.MoEGPT(
+        moe_gpt.MoEGPTConfig(
+            **{name: getattr(c, name) for name in shared if name != "moe_hidden"},
+            n_routed_experts=c.n_experts,
+            moe_hidden=hidden,
+            n_shared_experts=0,
+            granularity=1,
+            z_loss_weight=0.0,
+            gate="softmax",
+            renormalize=True,
+            first_dense_layers=0,
+            tie_embeddings=True,
+            seq_aux_loss_weight=0.0,
+            bias_update_rate=0.0,
+        )
+    )
     state = {name: t for name, t in model.state_dict().items() if ".mlp.experts." not in name}
     for i, block in enumerate(model.h):
         for part in ("gate", "up", "down"):
@@ -239,8 +270,9 @@ def reference_moe(moe, x):
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_moe_layer_equals_per_token_reference(top_k):
     torch.manual_seed(0)
-    config = fm.FgramMoEConfig(n_embd=32, n_head=2, n_kv_head=2, multiple_of=16, dropout=0.0, top_k=top_k,
-                               moe_hidden=24, aux_loss_weight=0.5)
+    config = fm.FgramMoEConfig(
+        n_embd=32, n_head=2, n_kv_head=2, multiple_of=16, dropout=0.0, top_k=top_k, moe_hidden=24, aux_loss_weight=0.5
+    )
     moe = fm.MoE(config)
     with torch.no_grad():
         moe.router.weight.normal_(0.0, 0.3)  # probabilities far from uniform: choices differ between tokens
@@ -285,9 +317,15 @@ def test_unmined_table_adds_nothing():
     assert torch.equal(with_parts(idx)[0], without(idx)[0])
 
 
-@pytest.mark.parametrize("kw, message", [({"fgram_max_n": 1}, "fgram_max_n"), ({"fgram_max_n": 17}, "block_size"),
-                                         ({"fgram_vocab_size": 0}, "fgram_vocab_size"),
-                                         ({"vocab_size": 50257, "fgram_max_n": 5}, "int64")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"fgram_max_n": 1}, "fgram_max_n"),
+        ({"fgram_max_n": 17}, "block_size"),
+        ({"fgram_vocab_size": 0}, "fgram_vocab_size"),
+        ({"vocab_size": 50257, "fgram_max_n": 5}, "int64"),
+    ],
+)
 def test_bad_config_is_a_clear_error(kw, message):
     with pytest.raises(ValueError, match=message):
         tiny(prepared=False, **kw)
@@ -300,19 +338,64 @@ def test_ids_outside_the_vocabulary_are_a_clear_error():
 
 # ----------------------------------------------------------------------------- train.py
 
+
 def test_train_py_end_to_end_mines_checkpoints_and_samples(tmp_path):
     out = str(tmp_path / "run")
-    args = [sys.executable, "train.py", "--model_type", "fgram", "--max_steps", "2", "--eval_interval", "2",
-            "--eval_iters", "1", "--B", "2", "--T", "16", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
-            "--n_kv_head", "2", "--fgram_vocab_size", "64", "--sample_tokens", "4", "--device", "cpu", "--out_dir", out]
-    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    args = [
+        sys.executable,
+        "train.py",
+        "--model_type",
+        "fgram",
+        "--max_steps",
+        "2",
+        "--eval_interval",
+        "2",
+        "--eval_iters",
+        "1",
+        "--B",
+        "2",
+        "--T",
+        "16",
+        "--n_layer",
+        "1",
+        "--n_embd",
+        "32",
+        "--n_head",
+        "2",
+        "--n_kv_head",
+        "2",
+        "--fgram_vocab_size",
+        "64",
+        "--sample_tokens",
+        "4",
+        "--device",
+        "cpu",
+        "--out_dir",
+        out,
+    ]
+    result = subprocess.run(args, capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "(char)" in result.stdout  # character-level by default
-    model, tokenizer = fm.load_checkpoint(os.path.join(out, "ckpt.pt"))
-    train_ids, _, _ = fm.load_dataset(os.path.join(ROOT, "input.txt"), "char")
+    assert result.stdout.startswith("tokenizer: char, 65 tokens")  # character-level: the cpu preset's default
+    model, tokenizer, _ = fm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    train_ids, _, _ = fm.load_dataset(os.path.join(ROOT, "input.txt"))
     mined = fm.mine_fgrams(train_ids, tokenizer.vocab_size, 3, 64)
     assert torch.equal(model.fgram_table, torch.from_numpy(mined))
     assert tokenizer.decode(mined[0][mined[0] >= 0].tolist()) == "e "  # the most frequent n-gram of Shakespeare
-    sample = subprocess.run([sys.executable, "fgram_moe.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt",
-                             "ROMEO:", "--max_new_tokens", "8"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    sample = subprocess.run(
+        [
+            sys.executable,
+            "fgram_moe.py",
+            "--ckpt",
+            os.path.join(out, "ckpt.pt"),
+            "--prompt",
+            "ROMEO:",
+            "--max_new_tokens",
+            "8",
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert sample.returncode == 0 and "ROMEO:" in sample.stdout, sample.stderr

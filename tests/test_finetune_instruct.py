@@ -1,4 +1,5 @@
 """finetune_instruct.py: the prompt, the collate masks, LoRA, ROUGE-L, stopping, an end-to-end run."""
+
 import itertools
 import json
 import math
@@ -20,7 +21,7 @@ I = -100  # ignored target
 
 def run_script(*args):
     """python *args from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run([sys.executable, *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
 
 
 def one_line_error(result):
@@ -40,25 +41,41 @@ def entries(n, **changes):
     return json.dumps(made)
 
 
-@pytest.mark.parametrize("content, expected", [
-    pytest.param("[1, 2, 3]", ": entry 0 is a number, not an object with instruction, input, output", id="not-objects"),
-    pytest.param(entries(12, **{"3": {"output": None}}), ": entry 3 has null as 'output': instruction, input and "
-                 'output must be strings (input may be "")', id="null-output"),
-    pytest.param(entries(12, **{"0": {"instruction": None}}), ": entry 0 has null as 'instruction'",
-                 id="null-instruction"),
-    pytest.param("[]", " holds 0 entries: the 85/10/5 split needs at least 10 to leave one in each of train, "
-                 "validation and test", id="empty-list"),
-    pytest.param(entries(5), " holds 5 entries: the 85/10/5 split needs at least 10", id="five-entries"),
-    pytest.param('[{"instruction": "Say hi.",', " is not UTF-8 JSON (Expecting property name", id="invalid-json"),
-    pytest.param('{"instruction": "Say hi.", "input": "", "output": "Hi."}', " holds an object: expected a list "
-                 "of entries", id="object"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        pytest.param(
+            "[1, 2, 3]", ": entry 0 is a number, not an object with instruction, input, output", id="not-objects"
+        ),
+        pytest.param(
+            entries(12, **{"3": {"output": None}}),
+            ": entry 3 has null as 'output': instruction, input and output must be strings (input may be \"\")",
+            id="null-output",
+        ),
+        pytest.param(
+            entries(12, **{"0": {"instruction": None}}), ": entry 0 has null as 'instruction'", id="null-instruction"
+        ),
+        pytest.param(
+            "[]",
+            " holds 0 entries: the 85/10/5 split needs at least 10 to leave one in each of train, validation and test",
+            id="empty-list",
+        ),
+        pytest.param(entries(5), " holds 5 entries: the 85/10/5 split needs at least 10", id="five-entries"),
+        pytest.param('[{"instruction": "Say hi.",', " is not UTF-8 JSON (Expecting property name", id="invalid-json"),
+        pytest.param(
+            '{"instruction": "Say hi.", "input": "", "output": "Hi."}',
+            " holds an object: expected a list of entries",
+            id="object",
+        ),
+    ],
+)
 def test_unusable_data_is_refused_in_one_line_before_training(tmp_path, content, expected):
     data = tmp_path / "bad.json"
     data.write_text(content, encoding="utf-8")
     out = tmp_path / "out"
-    result = run_script("finetune_instruct.py", "--data", str(data), "--epochs", "1", "--max_new_tokens", "1",
-                        "--out_dir", str(out))
+    result = run_script(
+        "finetune_instruct.py", "--data", str(data), "--epochs", "1", "--max_new_tokens", "1", "--out_dir", str(out)
+    )
     line = one_line_error(result)
     assert line.startswith(f"error: {data}") and expected in line, line
     assert result.stdout == "" and not out.exists()  # nothing trained, nothing written
@@ -88,11 +105,13 @@ def test_alpaca_prompt_with_and_without_input():
     entry = {"instruction": "Convert to passive voice.", "input": "The cat chased the mouse.", "output": "x"}
     assert instruct.format_prompt(entry) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-        "\n\n### Instruction:\nConvert to passive voice.\n\n### Input:\nThe cat chased the mouse.\n\n### Response:\n")
+        "\n\n### Instruction:\nConvert to passive voice.\n\n### Input:\nThe cat chased the mouse.\n\n### Response:\n"
+    )
     entry["input"] = ""
     assert instruct.format_prompt(entry) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-        "\n\n### Instruction:\nConvert to passive voice.\n\n### Response:\n")
+        "\n\n### Instruction:\nConvert to passive voice.\n\n### Response:\n"
+    )
 
 
 def test_collate_pads_keeps_the_first_endoftext_and_masks_the_rest():
@@ -181,7 +200,7 @@ class ScriptedModel:
     def generate(self, ids, max_new_tokens, temperature):
         self.calls += 1
         done = ids.size(1) - self.prompt_length
-        return torch.cat([ids, torch.tensor([self.script[done:done + max_new_tokens]])], dim=1)
+        return torch.cat([ids, torch.tensor([self.script[done : done + max_new_tokens]])], dim=1)
 
 
 def test_response_stops_at_endoftext_or_max_new_tokens():
@@ -205,15 +224,34 @@ def test_end_to_end_on_a_subset(tmp_path, capsys, options):
     torch.manual_seed(0)
     model = gpt.GPT(gpt.GPTConfig(block_size=96, n_layer=1, n_head=2, n_embd=16))
     ckpt = str(tmp_path / "base.pt")
-    torch.save({"model_type": "gpt", "config": vars(model.config), "model": model.state_dict(),
-                "tokenizer": {"kind": "gpt2"}}, ckpt)
-    instruct.main(["--init", ckpt, "--data", str(tmp_path / "data.json"), "--epochs", "1", "--batch_size", "8",
-                   "--max_new_tokens", "4", "--out_dir", str(tmp_path / "out"), "--device", "cpu", *options])
+    torch.save(
+        {"model_type": "gpt", "config": vars(model.config), "model": model.state_dict(), "tokenizer": {"kind": "gpt2"}},
+        ckpt,
+    )
+    instruct.main(
+        [
+            "--init",
+            ckpt,
+            "--data",
+            str(tmp_path / "data.json"),
+            "--epochs",
+            "1",
+            "--batch_size",
+            "8",
+            "--max_new_tokens",
+            "4",
+            "--out_dir",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            *options,
+        ]
+    )
     printed = capsys.readouterr().out
     assert "20 entries -> train 17, val 1, test 2" in printed
     assert "val loss" in printed and "ROUGE-L F1" in printed
     written = json.loads((tmp_path / "out" / "test_responses.json").read_text())
     assert [e["instruction"] for e in written] == [e["instruction"] for e in entries[17:19]]
     assert all(isinstance(e["model_response"], str) for e in written)
-    tuned, _ = gpt.load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))  # a plain gpt checkpoint (LoRA merged)
+    tuned, _, _ = gpt.load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))  # a plain gpt checkpoint (LoRA merged)
     assert not torch.equal(tuned.h[0].attn.c_attn.weight, model.h[0].attn.c_attn.weight)

@@ -1,4 +1,5 @@
 """finetune_spam.py: reading and balancing the real file, splits, padding, accuracy, an end-to-end run."""
+
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ DATA = os.path.join(ROOT, "data", "sms_spam.tsv")
 
 def run_script(*args):
     """python *args from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run([sys.executable, *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
 
 
 def one_line_error(result):
@@ -67,16 +68,29 @@ def test_quotes_and_tabs_inside_messages_are_kept(tmp_path):
         spam.read_sms_spam(str(path))
 
 
-@pytest.mark.parametrize("content, expected", [
-    pytest.param("spam\tWIN now\n" * 8, "holds only spam messages: a classifier needs both ham and spam, "
-                 "at least 5 of each", id="one-class"),
-    pytest.param("", "holds no messages: each line is 'ham' or 'spam', a tab, then the message", id="empty"),
-    pytest.param("ham\tsee you\nspam\tWIN now\n", "holds 1 ham and 1 spam messages: too few for non-empty train, "
-                 "validation and test sets (70/10/20); it needs at least 5 of each", id="two-lines"),
-    pytest.param(FIVE_OF_EACH + "no tab here\n", "line 11: expected 'ham' or 'spam', a tab, then the message; "
-                 "found 'no tab here'", id="no-tab"),
-    pytest.param(FIVE_OF_EACH + "SPAM\tWIN\n", "line 11: expected 'ham' or 'spam'", id="unknown-label"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        pytest.param(
+            "spam\tWIN now\n" * 8,
+            "holds only spam messages: a classifier needs both ham and spam, at least 5 of each",
+            id="one-class",
+        ),
+        pytest.param("", "holds no messages: each line is 'ham' or 'spam', a tab, then the message", id="empty"),
+        pytest.param(
+            "ham\tsee you\nspam\tWIN now\n",
+            "holds 1 ham and 1 spam messages: too few for non-empty train, "
+            "validation and test sets (70/10/20); it needs at least 5 of each",
+            id="two-lines",
+        ),
+        pytest.param(
+            FIVE_OF_EACH + "no tab here\n",
+            "line 11: expected 'ham' or 'spam', a tab, then the message; found 'no tab here'",
+            id="no-tab",
+        ),
+        pytest.param(FIVE_OF_EACH + "SPAM\tWIN\n", "line 11: expected 'ham' or 'spam'", id="unknown-label"),
+    ],
+)
 def test_unusable_data_is_refused_in_one_line_before_training(tmp_path, content, expected):
     data = tmp_path / "bad.tsv"
     data.write_text(content, encoding="utf-8")
@@ -135,10 +149,15 @@ def test_a_message_gets_the_same_logits_padded_or_alone():
         assert torch.allclose(batched[row], alone[0, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("blocks, trained", [
-    (1, {"h.1.", "ln_f.", "lm_head."}), (0, {"ln_f.", "lm_head."}), (2, {"h.0.", "h.1.", "ln_f.", "lm_head."}),
-    ("all", {"wte.", "wpe.", "h.0.", "h.1.", "ln_f.", "lm_head."}),
-])
+@pytest.mark.parametrize(
+    "blocks, trained",
+    [
+        (1, {"h.1.", "ln_f.", "lm_head."}),
+        (0, {"ln_f.", "lm_head."}),
+        (2, {"h.0.", "h.1.", "ln_f.", "lm_head."}),
+        ("all", {"wte.", "wpe.", "h.0.", "h.1.", "ln_f.", "lm_head."}),
+    ],
+)
 def test_trainable_blocks(blocks, trained):
     model = tiny_classifier()
     spam.set_trainable(model, blocks)
@@ -157,14 +176,33 @@ def test_trainable_blocks_option_is_checked():
 def test_end_to_end_on_a_subset_from_gpt2_weights(tmp_path, capsys):
     with open(DATA, encoding="utf-8") as f:
         lines = f.read().split("\n")
-    subset = [line for line in lines if line.startswith("spam")][:30] + [line for line in lines if line.startswith("ham")][:50]
+    subset = [line for line in lines if line.startswith("spam")][:30] + [
+        line for line in lines if line.startswith("ham")
+    ][:50]
     (tmp_path / "sms.tsv").write_text("\n".join(subset), encoding="utf-8")
     torch.manual_seed(0)
-    weights = load_gpt2.export_gpt2(gpt.GPT(gpt.GPTConfig(block_size=48, n_layer=2, n_head=2, n_embd=16)),
-                                    str(tmp_path / "tiny-gpt2"))
+    weights = load_gpt2.export_gpt2(
+        gpt.GPT(gpt.GPTConfig(block_size=48, n_layer=2, n_head=2, n_embd=16)), str(tmp_path / "tiny-gpt2")
+    )
     out = str(tmp_path / "classifier.pt")
-    spam.main(["--init", "gpt2", "--weights", weights, "--data", str(tmp_path / "sms.tsv"), "--epochs", "2",
-               "--lr", "1e-3", "--out", out, "--device", "cpu"])
+    spam.main(
+        [
+            "--init",
+            "gpt2",
+            "--weights",
+            weights,
+            "--data",
+            str(tmp_path / "sms.tsv"),
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-3",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "80 messages (30 spam) -> 60 balanced -> train 42, val 6, test 12" in printed
     assert "epoch 2/2" in printed and "kept epoch" in printed and "test accuracy" in printed
@@ -175,8 +213,15 @@ def test_end_to_end_on_a_subset_from_gpt2_weights(tmp_path, capsys):
 
 def test_char_level_checkpoint_is_refused(tmp_path, capsys):
     model = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=8))
-    torch.save({"model_type": "gpt", "config": vars(model.config), "model": model.state_dict(),
-                "tokenizer": {"kind": "char", "chars": "abc"}}, tmp_path / "ckpt.pt")
+    torch.save(
+        {
+            "model_type": "gpt",
+            "config": vars(model.config),
+            "model": model.state_dict(),
+            "tokenizer": {"kind": "char", "chars": "abc"},
+        },
+        tmp_path / "ckpt.pt",
+    )
     with pytest.raises(SystemExit) as exit_info:
         spam.main(["--init", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "c.pt")])
     assert exit_info.value.code == 2

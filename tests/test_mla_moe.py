@@ -1,22 +1,45 @@
 """mla_moe.py: the generic model checks, Multi-head Latent Attention against references written here, the
 latent cache, YaRN against transformers, DeepSeek's MoE against a per-token reference loop (group-limited
 routing included), multi-token prediction and the V3 defaults."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import (
+    check_cached_logits_match,
+    check_causality,
+    check_every_parameter_gets_gradient,
+    check_kv_cache_matches_recompute,
+    check_overfits_one_batch,
+)
 
 import mla_moe
-from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
-                          check_kv_cache_matches_recompute, check_overfits_one_batch)
 
 VOCAB = 50
 # layer 0 dense (SwiGLU 48), layer 1 MoE: 2 of 4 routed experts of 16 hidden units, 2 shared ones (one SwiGLU 32)
-TINY = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, kv_lora_rank=12, qk_nope_head_dim=8,
-            qk_rope_head_dim=4, v_head_dim=6, mlp_hidden=48, moe_hidden=16, n_routed_experts=4)
-YARN = dict(rope_scaling_factor=4.0, rope_original_len=8, rope_mscale=1.0)  # 4x the 8 positions "pretrained"
-GROUPS = dict(n_routed_experts=8, n_group=4, topk_group=2, top_k=3)  # 3 experts from the 2 best of 4 groups of 2
+TINY = {
+    "block_size": 16,
+    "vocab_size": VOCAB,
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "kv_lora_rank": 12,
+    "qk_nope_head_dim": 8,
+    "qk_rope_head_dim": 4,
+    "v_head_dim": 6,
+    "mlp_hidden": 48,
+    "moe_hidden": 16,
+    "n_routed_experts": 4,
+}
+YARN = {"rope_scaling_factor": 4.0, "rope_original_len": 8, "rope_mscale": 1.0}  # 4x the 8 positions "pretrained"
+GROUPS = {
+    "n_routed_experts": 8,
+    "n_group": 4,
+    "topk_group": 2,
+    "top_k": 3,
+}  # 3 experts from the 2 best of 4 groups of 2
 
 
 def config(**kw):
@@ -30,12 +53,13 @@ def tiny(**kw):
 
 # ----------------------------------------------------------------------------- generic model checks
 
-@pytest.mark.parametrize("kw", [dict(q_lora_rank=10, mtp_weight=0.3), dict(gate="softmax", **GROUPS, **YARN)])
+
+@pytest.mark.parametrize("kw", [{"q_lora_rank": 10, "mtp_weight": 0.3}, dict(gate="softmax", **GROUPS, **YARN)])
 def test_every_parameter_gets_gradient(kw):
     check_every_parameter_gets_gradient(tiny(**kw), VOCAB)
 
 
-@pytest.mark.parametrize("kw", [{}, dict(q_lora_rank=10), YARN])
+@pytest.mark.parametrize("kw", [{}, {"q_lora_rank": 10}, YARN])
 def test_causality(kw):
     check_causality(tiny(**kw), VOCAB)
 
@@ -45,7 +69,7 @@ def test_kv_cache_greedy_equals_recompute_past_the_context(kw):
     check_kv_cache_matches_recompute(tiny(**kw), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
 
 
-@pytest.mark.parametrize("kw", [dict(q_lora_rank=10), YARN])
+@pytest.mark.parametrize("kw", [{"q_lora_rank": 10}, YARN])
 def test_cached_logits_equal_full_forward(kw):
     check_cached_logits_match(tiny(**kw), VOCAB)
 
@@ -56,10 +80,11 @@ def test_overfits_one_batch():
 
 # ----------------------------------------------------------------------------- Multi-head Latent Attention
 
+
 def reference_mla(attn, h, inv_freq=None, scale=None):
     """DeepSeek-V2 eqs. (9)-(19) head by head, position by position, with plain tensor ops. inv_freq: the rotary
     frequencies (default theta 10000's), scale: the softmax scale (default 1 / sqrt(dn + dr))."""
-    B, T, C = h.shape
+    B, T, _C = h.shape
     nh, dn, dr, dv = attn.n_head, attn.nope_dim, attn.rope_dim, attn.v_dim
     c_q = attn.q_norm(h @ attn.q_down.weight.T) if attn.q_down is not None else h
     c_kv = attn.kv_norm(h @ attn.kv_down.weight.T)  # (9)
@@ -85,13 +110,20 @@ def reference_mla(attn, h, inv_freq=None, scale=None):
         for head in range(nh):
             for t in range(T):
                 q = torch.cat([q_nope[b, t, head], rope(q_rope[b, t, head], t)])  # (14), (16)
-                scores = torch.stack([q @ torch.cat([k_nope[b, s, head], rope(k_rope[b, s], s)])  # (15), (17)
-                                      for s in range(t + 1)]) * scale
-                out[b, t, head * dv:(head + 1) * dv] = F.softmax(scores, dim=0) @ v[b, :t + 1, head]  # (18)
+                scores = (
+                    torch.stack(
+                        [
+                            q @ torch.cat([k_nope[b, s, head], rope(k_rope[b, s], s)])  # (15), (17)
+                            for s in range(t + 1)
+                        ]
+                    )
+                    * scale
+                )
+                out[b, t, head * dv : (head + 1) * dv] = F.softmax(scores, dim=0) @ v[b, : t + 1, head]  # (18)
     return out @ attn.c_proj.weight.T  # (19)
 
 
-@pytest.mark.parametrize("kw", [dict(q_lora_rank=0), dict(q_lora_rank=10), dict(q_lora_rank=10, **YARN)])
+@pytest.mark.parametrize("kw", [{"q_lora_rank": 0}, {"q_lora_rank": 10}, dict(q_lora_rank=10, **YARN)])
 def test_expanded_and_absorbed_attention_equal_the_equations_on_random_weights(kw):
     torch.manual_seed(1)
     attn = tiny(**kw).h[0].attn
@@ -145,24 +177,42 @@ def test_latent_norms_use_their_own_eps():
 
 # ----------------------------------------------------------------------------- YaRN
 
-YARN_V3 = {"factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
-           "mscale_all_dim": 1.0}  # DeepSeek-V3's rope_scaling
+YARN_V3 = {
+    "factor": 40,
+    "original_max_position_embeddings": 4096,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+}  # DeepSeek-V3's rope_scaling
 
 
 def transformers_deepseek_v3_config(rope_scaling, **kw):
     from transformers import DeepseekV3Config
-    return DeepseekV3Config(rope_scaling={"type": "yarn", "rope_type": "yarn", **rope_scaling}, rope_theta=10000.0,
-                            max_position_embeddings=rope_scaling["factor"] * 4096, **kw)
+
+    return DeepseekV3Config(
+        rope_scaling={"type": "yarn", "rope_type": "yarn", **rope_scaling},
+        rope_theta=10000.0,
+        max_position_embeddings=rope_scaling["factor"] * 4096,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("rope_scaling", [YARN_V3, {**YARN_V3, "factor": 4, "original_max_position_embeddings": 512}])
 def test_yarn_frequencies_equal_transformers(rope_scaling):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
     hf_config = transformers_deepseek_v3_config(rope_scaling, qk_rope_head_dim=64)
     expected, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf_config)
     assert attention_factor == 1.0  # mscale == mscale_all_dim: cos and sin unscaled, the softmax scale carries it
-    ours = mla_moe.rope_frequencies(config(rope_scaling_factor=rope_scaling["factor"], rope_mscale=1.0,
-                                           rope_original_len=rope_scaling["original_max_position_embeddings"]), 64)
+    ours = mla_moe.rope_frequencies(
+        config(
+            rope_scaling_factor=rope_scaling["factor"],
+            rope_mscale=1.0,
+            rope_original_len=rope_scaling["original_max_position_embeddings"],
+        ),
+        64,
+    )
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=0)
     ratio = ours / mla_moe.rope_frequencies(config(), 64)  # not vacuous: kept, slowed by the factor, and a ramp
     factor = rope_scaling["factor"]
@@ -172,19 +222,24 @@ def test_yarn_frequencies_equal_transformers(rope_scaling):
 
 def test_yarn_softmax_scale_equals_transformers():
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import yarn_apply_mscale
+
     hf_config = transformers_deepseek_v3_config(YARN_V3, qk_rope_head_dim=64, qk_nope_head_dim=128)
     expected = yarn_apply_mscale(hf_config.rope_parameters, (128 + 64) ** -0.5)
-    attn = mla_moe.MultiHeadLatentAttention(config(qk_rope_head_dim=64, qk_nope_head_dim=128, rope_mscale=1.0,
-                                                   rope_scaling_factor=40, rope_original_len=4096))
+    attn = mla_moe.MultiHeadLatentAttention(
+        config(
+            qk_rope_head_dim=64, qk_nope_head_dim=128, rope_mscale=1.0, rope_scaling_factor=40, rope_original_len=4096
+        )
+    )
     assert math.isclose(attn.scale, expected, rel_tol=1e-12)
     assert math.isclose(expected * math.sqrt(192), (0.1 * math.log(40) + 1) ** 2, rel_tol=1e-12)  # 1.874
     plain = 1 / math.sqrt(128 + 64)
-    for kw in (dict(rope_scaling_factor=40), dict(rope_mscale=1.0)):  # mscale 0, or no scaling: the usual scale
+    for kw in ({"rope_scaling_factor": 40}, {"rope_mscale": 1.0}):  # mscale 0, or no scaling: the usual scale
         attn = mla_moe.MultiHeadLatentAttention(config(qk_rope_head_dim=64, qk_nope_head_dim=128, **kw))
         assert math.isclose(attn.scale, plain, rel_tol=1e-12)
 
 
 # ----------------------------------------------------------------------------- DeepSeek's MoE
+
 
 def moe_layer(**kw):
     torch.manual_seed(0)
@@ -217,9 +272,9 @@ def reference_moe(moe, x):
             size = E // c.n_group
             group_scores = []
             for g in range(c.n_group):
-                best = sorted(biased[g * size:(g + 1) * size], reverse=True)
+                best = sorted(biased[g * size : (g + 1) * size], reverse=True)
                 group_scores.append(best[0] if c.gate == "softmax" else best[0] + best[1])
-            groups = sorted(range(c.n_group), key=lambda g: -group_scores[g])[:c.topk_group]
+            groups = sorted(range(c.n_group), key=lambda g: -group_scores[g])[: c.topk_group]
             allowed = [e for e in range(E) if e // size in groups]
         chosen = sorted(allowed, key=lambda e: -biased[e])[:k]
         by_groups += set(chosen) != set(sorted(range(E), key=lambda e: -biased[e])[:k])
@@ -235,20 +290,23 @@ def reference_moe(moe, x):
     return out, chosen_experts, by_groups, by_bias
 
 
-@pytest.mark.parametrize("kw", [
-    dict(gate="softmax", renormalize=False, routed_scaling_factor=1.0),  # DeepSeek-V2-Lite
-    dict(gate="softmax", top_k=1, renormalize=True, n_shared_experts=1),  # renormalised top-1: weight 1
-    dict(gate="sigmoid", renormalize=True, routed_scaling_factor=2.5),  # DeepSeek-V3
-    dict(gate="sigmoid", renormalize=False, n_shared_experts=0, top_k=3),
-    dict(gate="softmax", renormalize=False, routed_scaling_factor=16.0, **GROUPS),  # V2: group by the best score
-    dict(gate="sigmoid", renormalize=True, routed_scaling_factor=2.5, n_shared_experts=1, **GROUPS),  # V3: best two
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"gate": "softmax", "renormalize": False, "routed_scaling_factor": 1.0},  # DeepSeek-V2-Lite
+        {"gate": "softmax", "top_k": 1, "renormalize": True, "n_shared_experts": 1},  # renormalised top-1: weight 1
+        {"gate": "sigmoid", "renormalize": True, "routed_scaling_factor": 2.5},  # DeepSeek-V3
+        {"gate": "sigmoid", "renormalize": False, "n_shared_experts": 0, "top_k": 3},
+        dict(gate="softmax", renormalize=False, routed_scaling_factor=16.0, **GROUPS),  # V2: group by the best score
+        dict(gate="sigmoid", renormalize=True, routed_scaling_factor=2.5, n_shared_experts=1, **GROUPS),  # V3: best two
+    ],
+)
 def test_moe_layer_equals_per_token_reference(kw):
     moe = moe_layer(**kw)
     x = torch.randn(2, 20, 32)
     with torch.no_grad():
         out = moe(x)
-        experts, weights, scores = moe.router(x.view(40, 32))
+        experts, weights, _scores = moe.router(x.view(40, 32))
         expected, chosen, by_groups, by_bias = reference_moe(moe, x.view(40, 32))
     assert torch.allclose(out, expected.view(2, 20, 32), atol=1e-5), (out - expected.view(2, 20, 32)).abs().max()
     assert experts.sort(dim=1).values.tolist() == chosen
@@ -366,6 +424,7 @@ def test_param_counts_and_flops():
 
 # ----------------------------------------------------------------------------- multi-token prediction
 
+
 def test_mtp_term_appears_only_when_enabled():
     idx, targets = torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16))
     plain = tiny()
@@ -389,8 +448,9 @@ def test_mtp_term_appears_only_when_enabled():
     assert math.isclose(model.mtp_loss.item(), expected.item(), rel_tol=1e-5)
     model.eval()
     _, eval_loss = model(idx, targets)
-    assert math.isclose(eval_loss.item(), F.cross_entropy(model(idx)[0].flatten(0, 1), targets.flatten()).item(),
-                        rel_tol=1e-6)  # eval: no MTP term
+    assert math.isclose(
+        eval_loss.item(), F.cross_entropy(model(idx)[0].flatten(0, 1), targets.flatten()).item(), rel_tol=1e-6
+    )  # eval: no MTP term
     assert torch.equal(model.generate(idx[:, :3], 5, temperature=0), plain.generate(idx[:, :3], 5, temperature=0))
 
 
@@ -401,15 +461,21 @@ def test_mtp_ignores_positions_whose_next_or_next_but_one_token_is_ignored():
     mtp = model.mtp
     loss = mtp(h, targets, model.wte, model.lm_head)
     with torch.no_grad():  # the guesses of tokens i+2 at every position (a masked token i+1 embedded as id 0)
-        x = mtp.proj(torch.cat([mtp.hidden_norm(h[:, :-1]), mtp.embed_norm(model.wte(targets[:, :-1].clamp(min=0)))],
-                               dim=-1))
+        x = mtp.proj(
+            torch.cat([mtp.hidden_norm(h[:, :-1]), mtp.embed_norm(model.wte(targets[:, :-1].clamp(min=0)))], dim=-1)
+        )
         logits = model.lm_head(mtp.norm(mtp.block(x)))  # (2, 7, VOCAB)
-    losses = [F.cross_entropy(logits[b, i], targets[b, i + 1]) for b in range(2) for i in range(7)
-              if targets[b, i] != -100 and targets[b, i + 1] != -100]
+    losses = [
+        F.cross_entropy(logits[b, i], targets[b, i + 1])
+        for b in range(2)
+        for i in range(7)
+        if targets[b, i] != -100 and targets[b, i + 1] != -100
+    ]
     assert len(losses) == 14 - 3 and torch.allclose(loss, sum(losses) / len(losses), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the rest
+
 
 def test_bf16_autocast_trains_and_generates():
     model = tiny(q_lora_rank=10, mtp_weight=0.3)
@@ -422,11 +488,16 @@ def test_bf16_autocast_trains_and_generates():
     assert torch.isfinite(loss) and out.shape == (2, 10)
 
 
-@pytest.mark.parametrize("kw, message", [(dict(top_k=5), "top_k must be 1 to n_routed_experts"),
-                                         (dict(n_group=3), "n_group divide them"),
-                                         (dict(n_group=2, topk_group=3), "topk_group be 1 to n_group"),
-                                         (dict(gate="relu"), "unknown gate"),
-                                         (dict(qk_rope_head_dim=5), "must be even")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"top_k": 5}, "top_k must be 1 to n_routed_experts"),
+        ({"n_group": 3}, "n_group divide them"),
+        ({"n_group": 2, "topk_group": 3}, "topk_group be 1 to n_group"),
+        ({"gate": "relu"}, "unknown gate"),
+        ({"qk_rope_head_dim": 5}, "must be even"),
+    ],
+)
 def test_bad_config_is_a_clear_error(kw, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kw)

@@ -1,5 +1,6 @@
 """modern_gpt.py: the model's invariants, its building blocks against plain references (Llama written out,
 transformers' Llama 3 RoPE scaling), head_dim apart from n_embd / n_head, train.py."""
+
 import math
 import os
 import subprocess
@@ -7,11 +8,16 @@ import sys
 
 import pytest
 import torch
+from model_checks import (
+    check_cached_logits_match,
+    check_causality,
+    check_every_parameter_gets_gradient,
+    check_kv_cache_matches_recompute,
+    check_overfits_one_batch,
+)
 
 import gpt
 import modern_gpt as mg
-from model_checks import (check_cached_logits_match, check_causality, check_every_parameter_gets_gradient,
-                          check_kv_cache_matches_recompute, check_overfits_one_batch)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
@@ -19,17 +25,25 @@ VOCAB = 50
 
 def run_script(*args):
     """python *args from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run([sys.executable, *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
 
 
 def tiny(**kw):
     torch.manual_seed(0)
-    config = dict(block_size=16, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, multiple_of=16)
+    config = {
+        "block_size": 16,
+        "vocab_size": VOCAB,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_kv_head": 2,
+        "n_embd": 32,
+        "multiple_of": 16,
+    }
     return mg.ModernGPT(mg.ModernGPTConfig(**{**config, **kw}))
 
 
 HEAD_DIM = {"head_dim": 12}  # 4 heads of 12 on a stream of 32 (Qwen3 sets head_dim apart from n_embd / n_head)
-LLAMA3 = dict(rope_scaling_factor=8.0, rope_original_len=64)  # wavelengths 6 (kept), 63 (blended), 628, 6283 (slowed)
+LLAMA3 = {"rope_scaling_factor": 8.0, "rope_original_len": 64}  # wavelengths 6 (kept), 63 (blended), 628, 6283 (slowed)
 
 
 @pytest.mark.parametrize("kw", [{}, {"qk_norm": True, "tie_embeddings": False}, {**HEAD_DIM, "qk_norm": True}])
@@ -37,14 +51,30 @@ def test_every_parameter_gets_gradient(kw):
     check_every_parameter_gets_gradient(tiny(**kw), VOCAB)
 
 
-@pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2}, {"n_kv_head": 4},  # multi-query, grouped, MHA
-                                {"n_kv_head": 2, **HEAD_DIM}, {"n_kv_head": 1, "head_dim": 4, **LLAMA3}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n_kv_head": 1},
+        {"n_kv_head": 2},
+        {"n_kv_head": 4},  # multi-query, grouped, MHA
+        {"n_kv_head": 2, **HEAD_DIM},
+        {"n_kv_head": 1, "head_dim": 4, **LLAMA3},
+    ],
+)
 def test_causality(kw):
     check_causality(tiny(**kw), VOCAB)
 
 
-@pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2, "qk_norm": True}, {"n_kv_head": 4},
-                                {"n_kv_head": 2, **HEAD_DIM, **LLAMA3}, {"n_kv_head": 4, "head_dim": 4}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n_kv_head": 1},
+        {"n_kv_head": 2, "qk_norm": True},
+        {"n_kv_head": 4},
+        {"n_kv_head": 2, **HEAD_DIM, **LLAMA3},
+        {"n_kv_head": 4, "head_dim": 4},
+    ],
+)
 def test_kv_cache_greedy_equals_recompute_past_the_context(kw):
     check_kv_cache_matches_recompute(tiny(**kw), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
 
@@ -90,7 +120,7 @@ def test_rmsnorm_matches_its_formula():
     with torch.no_grad():
         norm.weight.copy_(torch.arange(1.0, 7.0))
     x = torch.randn(4, 6)
-    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5) * torch.arange(1.0, 7.0)
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * torch.arange(1.0, 7.0)
     assert torch.allclose(norm(x), expected, atol=1e-6)
 
 
@@ -140,6 +170,7 @@ def reference_llama_logits(state, idx, n_head, n_kv_head, eps=1e-5, qk_norm=Fals
     """A Llama-style forward written out as Hugging Face's LlamaModel computes it: RMSNorm, RoPE with
     rotate_half on cos/sin tables of duplicated frequencies, key/value heads repeated for GQA, explicit
     masked softmax, SwiGLU; no modern_gpt.py code. inv_freq: the rotary frequencies (default theta 10000's)."""
+
     def rms_norm(x, weight):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
@@ -157,7 +188,8 @@ def reference_llama_logits(state, idx, n_head, n_kv_head, eps=1e-5, qk_norm=Fals
     for i in range(n_layer):
         h = f"h.{i}."
         q, k, v = (rms_norm(x, state[h + "norm_1.weight"]) @ state[h + "attn.c_attn.weight"].T).split(
-            [n_head * hd, n_kv_head * hd, n_kv_head * hd], dim=-1)
+            [n_head * hd, n_kv_head * hd, n_kv_head * hd], dim=-1
+        )
         q = q.view(B, T, n_head, hd).transpose(1, 2)
         k = k.view(B, T, n_kv_head, hd).transpose(1, 2)
         v = v.view(B, T, n_kv_head, hd).transpose(1, 2)
@@ -178,10 +210,21 @@ def transformers_llama3_frequencies(head_dim, theta, factor, low, high, original
     """transformers' own Llama 3 RoPE frequencies (modeling_rope_utils), from a LlamaConfig."""
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-    config = LlamaConfig(head_dim=head_dim, num_attention_heads=4, hidden_size=4 * head_dim, rope_theta=theta,
-                         max_position_embeddings=int(factor * original_len),
-                         rope_scaling={"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
-                                       "high_freq_factor": high, "original_max_position_embeddings": original_len})
+
+    config = LlamaConfig(
+        head_dim=head_dim,
+        num_attention_heads=4,
+        hidden_size=4 * head_dim,
+        rope_theta=theta,
+        max_position_embeddings=int(factor * original_len),
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low,
+            "high_freq_factor": high,
+            "original_max_position_embeddings": original_len,
+        },
+    )
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](config)
     assert attention_factor == 1.0  # Llama 3 scales the frequencies only
     return inv_freq
@@ -190,8 +233,13 @@ def transformers_llama3_frequencies(head_dim, theta, factor, low, high, original
 def test_llama3_rope_scaling_equals_transformers():
     # Llama 3.1's numbers: theta 500000, factor 8 (Llama 3.2: 32), low 1, high 4, pretrained at 8192
     for factor in (8.0, 32.0):
-        config = mg.ModernGPTConfig(rope_theta=500000.0, rope_scaling_factor=factor, rope_low_freq_factor=1.0,
-                                    rope_high_freq_factor=4.0, rope_original_len=8192)
+        config = mg.ModernGPTConfig(
+            rope_theta=500000.0,
+            rope_scaling_factor=factor,
+            rope_low_freq_factor=1.0,
+            rope_high_freq_factor=4.0,
+            rope_original_len=8192,
+        )
         ours = mg.rope_frequencies(config, 64)
         expected = transformers_llama3_frequencies(64, 500000.0, factor, 1.0, 4.0, 8192)
         torch.testing.assert_close(ours, expected, rtol=1e-6, atol=0)
@@ -201,8 +249,15 @@ def test_llama3_rope_scaling_equals_transformers():
         assert ((ratio > 1 / factor + 1e-3) & (ratio < 1 - 1e-3)).any()
 
 
-@pytest.mark.parametrize("kw", [{"n_kv_head": 2}, {"n_kv_head": 1, "qk_norm": True, "tie_embeddings": False},
-                                {"n_kv_head": 2, **HEAD_DIM, "qk_norm": True}, {"n_kv_head": 4, **LLAMA3}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n_kv_head": 2},
+        {"n_kv_head": 1, "qk_norm": True, "tie_embeddings": False},
+        {"n_kv_head": 2, **HEAD_DIM, "qk_norm": True},
+        {"n_kv_head": 4, **LLAMA3},
+    ],
+)
 def test_logits_match_llama_written_out(kw):
     model = tiny(**kw).eval()
     with torch.no_grad():  # activations of order 1 and gains away from 1, so every term counts
@@ -210,8 +265,15 @@ def test_logits_match_llama_written_out(kw):
             p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else p * 10.0)
     idx = torch.randint(0, VOCAB, (2, 16))
     inv_freq = transformers_llama3_frequencies(8, 10000.0, 8.0, 1.0, 4.0, 64) if "rope_scaling_factor" in kw else None
-    expected = reference_llama_logits(model.state_dict(), idx, n_head=4, qk_norm=kw.get("qk_norm", False),
-                                      n_kv_head=kw["n_kv_head"], head_dim=kw.get("head_dim"), inv_freq=inv_freq)
+    expected = reference_llama_logits(
+        model.state_dict(),
+        idx,
+        n_head=4,
+        qk_norm=kw.get("qk_norm", False),
+        n_kv_head=kw["n_kv_head"],
+        head_dim=kw.get("head_dim"),
+        inv_freq=inv_freq,
+    )
     logits, _ = model(idx)
     assert expected.std() > 1.0
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
@@ -272,16 +334,52 @@ def test_bad_config_gets_a_clear_error():
 
 def test_train_py_end_to_end_and_checkpoint_samples(tmp_path):
     out = str(tmp_path / "run")
-    args = ["--model_type", "moderngpt", "--tokenizer", "char", "--B", "4", "--T", "16", "--n_layer", "2",
-            "--n_head", "2", "--n_kv_head", "1", "--n_embd", "32", "--max_steps", "3", "--eval_interval", "3",
-            "--eval_iters", "2", "--sample_tokens", "8", "--device", "cpu", "--out_dir", out]
+    args = [
+        "--model_type",
+        "moderngpt",
+        "--tokenizer",
+        "char",
+        "--B",
+        "4",
+        "--T",
+        "16",
+        "--n_layer",
+        "2",
+        "--n_head",
+        "2",
+        "--n_kv_head",
+        "1",
+        "--n_embd",
+        "32",
+        "--max_steps",
+        "3",
+        "--eval_interval",
+        "3",
+        "--eval_iters",
+        "2",
+        "--sample_tokens",
+        "8",
+        "--device",
+        "cpu",
+        "--out_dir",
+        out,
+    ]
     result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr
     assert "step     3/3 | loss" in result.stdout and "val loss" in result.stdout
-    model, tokenizer = mg.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    model, tokenizer, _ = mg.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert model.config.n_kv_head == 1 and tokenizer.kind == "char"
-    sample = run_script("modern_gpt.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--prompt",
-                        "ROMEO:", "--max_new_tokens", "10", "--device", "cpu")
+    sample = run_script(
+        "modern_gpt.py",
+        "--ckpt",
+        os.path.join(out, "ckpt.pt"),
+        "--prompt",
+        "ROMEO:",
+        "--max_new_tokens",
+        "10",
+        "--device",
+        "cpu",
+    )
     assert sample.returncode == 0, sample.stderr
     assert "ROMEO:" in sample.stdout
     other = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)

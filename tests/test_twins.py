@@ -1,6 +1,7 @@
 """The twins: blocks whose logic is the same in several model files are identical copies (DESIGN.md), so a
 reader can diff two files and see only what a model changes. Also: the shared tail (tokenizers, data,
 checkpoints, the sampling CLI) works from every file."""
+
 import importlib
 import inspect
 import os
@@ -9,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from model_checks import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def source_text(name):
 def section(text, start, end=None):
     """The text from the line that begins with `start` up to the line that begins with `end` (or the end)."""
     begin = text.index("\n" + start) + 1
-    return text[begin:text.index("\n" + end, begin) + 1] if end else text[begin:]
+    return text[begin : text.index("\n" + end, begin) + 1] if end else text[begin:]
 
 
 def assert_same(sources, what):
@@ -79,8 +79,13 @@ def test_main_is_identical_except_where_a_model_needs_its_data():
 
 def test_each_file_names_its_config_model_and_type():
     types = {name: module.MODEL_TYPE for name, module in MODULES.items()}
-    assert types == {"gpt": "gpt", "modern_gpt": "moderngpt", "moe_gpt": "moegpt", "mla_moe": "mlamoe",
-                     "fgram_moe": "fgram"}
+    assert types == {
+        "gpt": "gpt",
+        "modern_gpt": "moderngpt",
+        "moe_gpt": "moegpt",
+        "mla_moe": "mlamoe",
+        "fgram_moe": "fgram",
+    }
     for module in MODULES.values():
         assert module.Config.__module__ == module.Model.__module__ == module.__name__
 
@@ -88,12 +93,22 @@ def test_each_file_names_its_config_model_and_type():
 # ----------------------------------------------------------------------------- the tail, from every file
 
 TINY = {  # the smallest configs each Model accepts
-    "gpt": dict(n_layer=1, n_head=2, n_embd=16),
-    "modern_gpt": dict(n_layer=1, n_head=2, n_kv_head=1, n_embd=16, multiple_of=16),
-    "moe_gpt": dict(n_layer=1, n_head=2, n_kv_head=1, n_embd=16, multiple_of=16, n_routed_experts=4),
-    "mla_moe": dict(n_layer=2, n_head=2, n_embd=16, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4,
-                    v_head_dim=4, mlp_hidden=32, moe_hidden=8, n_routed_experts=4),
-    "fgram_moe": dict(n_layer=1, n_head=2, n_kv_head=1, n_embd=16, multiple_of=16, fgram_vocab_size=16),
+    "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 16},
+    "modern_gpt": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 16, "multiple_of": 16},
+    "moe_gpt": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 16, "multiple_of": 16, "n_routed_experts": 4},
+    "mla_moe": {
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 16,
+        "kv_lora_rank": 8,
+        "qk_nope_head_dim": 4,
+        "qk_rope_head_dim": 4,
+        "v_head_dim": 4,
+        "mlp_hidden": 32,
+        "moe_hidden": 8,
+        "n_routed_experts": 4,
+    },
+    "fgram_moe": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 16, "multiple_of": 16, "fgram_vocab_size": 16},
 }
 
 
@@ -120,8 +135,14 @@ def test_checkpoint_loads_back_in_every_file(name, tmp_path):
 @pytest.mark.parametrize("name", FILES)
 def test_cli_empty_prompt_is_a_one_line_error(name, tmp_path):
     tiny_checkpoint(name, tmp_path / "ckpt.pt")
-    result = subprocess.run([sys.executable, f"{name}.py", "--ckpt", str(tmp_path / "ckpt.pt"), "--prompt", "",
-                             "--device", "cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, f"{name}.py", "--ckpt", str(tmp_path / "ckpt.pt"), "--prompt", "", "--device", "cpu"],
+        capture_output=True,
+        check=False,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "--prompt is empty" in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
