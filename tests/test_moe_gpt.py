@@ -238,10 +238,11 @@ def test_active_parameters_match_the_dense_model():
 @pytest.mark.parametrize(
     "kw",
     [
-        {"gate": "softmax", "top_k": 1, "granularity": 1},  # top-1: a softmax over the chosen expert alone would be 1
+        # top-1 left unrenormalised: its weight is the softmax over all experts, not a constant 1
+        {"gate": "softmax", "top_k": 1, "granularity": 1, "renormalize": False},
         {"gate": "softmax", "top_k": 2, "granularity": 1},
         {"gate": "softmax", "top_k": 1, "granularity": 2},
-        {"gate": "sigmoid", "top_k": 1, "granularity": 1},
+        {"gate": "sigmoid", "top_k": 1, "granularity": 1, "renormalize": False},
         {"gate": "sigmoid", "top_k": 2, "granularity": 2, "n_shared_experts": 0},
     ],
 )
@@ -256,6 +257,15 @@ def test_router_and_every_chosen_expert_get_gradient_from_the_lm_loss(kw):
         for e in range(moe.n_experts):
             grads = [w.grad[e].abs().sum() for w in (moe.experts.gate, moe.experts.up, moe.experts.down)]
             assert all(g > 0 for g in grads) == (load[e] > 0), f"expert {e}: load {load[e]}, gradients {grads}"
+
+
+def test_renormalised_top_1_weighs_every_token_1_so_the_lm_loss_does_not_train_the_router():
+    # Qwen3-MoE's norm_topk_prob with one expert per token: the router learns from the balancing losses only
+    model = tiny(aux_loss_weight=0.0, z_loss_weight=0.0, top_k=1, granularity=1, renormalize=True).train()
+    _, loss = model(torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16)))
+    loss.backward()
+    for moe in model.moe_layers():
+        assert moe.router.weight.grad.abs().max() < 1e-6
 
 
 def test_router_runs_in_float32_under_autocast():
