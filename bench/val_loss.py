@@ -7,7 +7,8 @@ train.py's evaluation averages eval_iters random batches (nanoGPT's recipe: 20 b
 characters), an estimate about +-0.016 nats from the whole-split loss (README, twenty seeds). This
 script cuts the validation split (the last 10% of the corpus the checkpoint was trained on, --data)
 into consecutive windows of the model's block_size and averages the next-token loss over all of them,
-so two models can be compared on exactly the same text.
+so two models can be compared on exactly the same text; bits per character compare models whose tokenizers
+differ (characters, a learned BPE, GPT-2's).
 
 A checkpoint written by nanoGPT's train.py (char-level Tiny Shakespeare, out-shakespeare-char/ckpt.pt)
 is scored too: gpt.py computes the same function (bench/nanogpt_equivalence.py), so its weights are
@@ -17,6 +18,7 @@ nanoGPT's data/shakespeare_char/prepare.py.
 
 import argparse
 import importlib
+import math
 import os
 import sys
 
@@ -76,7 +78,9 @@ def main():
             model, tokenizer, _ = module.load_checkpoint(path)
         _, val_ids, _ = module.load_dataset(args.data, tokenizer)
         loss, tokens = whole_split_loss(model, val_ids, model.config.block_size)
-        print(f"{path}: {model_type}, whole validation split ({tokens:,} tokens): loss {loss:.4f}")
+        # bits per character: nats per token * tokens per character / ln 2, comparable across tokenizers
+        bpc = loss * len(val_ids) / len(tokenizer.decode(val_ids.tolist())) / math.log(2)
+        print(f"{path}: {model_type}, whole validation split ({tokens:,} tokens): loss {loss:.4f}, {bpc:.4f} bits/char")
 
 
 if __name__ == "__main__":

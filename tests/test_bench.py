@@ -86,4 +86,7 @@ def test_a_train_py_checkpoint_is_scored_through_its_model_file(tmp_path):
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
-    assert f"moderngpt, whole validation split ({count:,} tokens): loss {expected:.4f}" in result.stdout
+    bpc = expected * len(val_ids) / (len(text) - int(0.9 * len(text))) / np.log(2)  # per character of the val text
+    assert f"moderngpt, whole validation split ({count:,} tokens): loss {expected:.4f}, {bpc:.4f} bits/char" in (
+        result.stdout
+    )

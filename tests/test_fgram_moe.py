@@ -399,3 +399,14 @@ def test_train_py_end_to_end_mines_checkpoints_and_samples(tmp_path):
         timeout=120,
     )
     assert sample.returncode == 0 and "ROMEO:" in sample.stdout, sample.stderr
+
+
+def test_size_and_norm_fields_reach_the_layers_they_name():
+    model = tiny(mlp_hidden=40, moe_hidden=24, fgram_hidden=48, rope_theta=500.0, norm_eps=1e-3, head_dim=8)
+    block = model.h[0]
+    assert block.mlp.experts[0].gate.weight.shape == (24, 32)  # moe_hidden: each expert's hidden size
+    assert model.fgram_encoder.mlp.gate.weight.shape == (48, 32)  # fgram_hidden: the n-gram encoder's SwiGLU
+    assert tiny(mlp_hidden=40).h[0].mlp.experts[0].gate.weight.shape == (48 // 2, 32)  # 40 -> 48, / top_k 2
+    assert block.attn.c_attn.weight.shape == ((2 + 2 * 2) * 8, 32) and block.attn.rotary.cos.shape == (16, 4)
+    assert torch.allclose(block.attn.rotary.cos[1], torch.cos(500.0 ** (-torch.arange(0, 8, 2) / 8)))
+    assert block.norm_1.eps == 1e-3 and model.norm_f.eps == 1e-3

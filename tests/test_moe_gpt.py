@@ -527,3 +527,12 @@ def test_train_py_end_to_end_logs_expert_load_and_updates_the_bias(tmp_path):
     )
     assert sample.returncode == 0, sample.stderr
     assert "ROMEO:" in sample.stdout and "parameters" in sample.stdout
+
+
+def test_size_and_norm_fields_reach_the_layers_they_name():
+    # as a loaded checkpoint sets them: an exact intermediate size (multiple_of 1), its own theta and epsilon
+    model = tiny(mlp_hidden=40, multiple_of=1, rope_theta=500.0, norm_eps=1e-3, first_dense_layers=2)
+    block = model.h[0]
+    assert block.mlp.gate.weight.shape == (40, 32)
+    assert torch.allclose(block.attn.rotary.cos[1], torch.cos(500.0 ** (-torch.arange(0, 8, 2) / 8)))
+    assert block.norm_1.eps == block.norm_2.eps == model.norm_f.eps == 1e-3
