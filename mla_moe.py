@@ -38,7 +38,7 @@ class MLAMoEConfig:
     qk_nope_head_dim: int = 64  # per-head query/key part without position, up-projected from c_KV
     qk_rope_head_dim: int = 32  # decoupled RoPE part: per-head queries, one key shared by all heads
     v_head_dim: int = 64  # per-head value size
-    latent_norm_eps: float = 1e-5  # the RMSNorms of c_Q and c_KV (DeepSeek's checkpoints: 1e-6)
+    latent_norm_eps: float = 1e-6  # the RMSNorms of c_Q and c_KV (as DeepSeek's code: 1e-6 whatever norm_eps)
     rope_theta: float = 10000.0  # base of the rotary frequencies (RoFormer eq. 15)
     rope_scaling_factor: float = 1.0  # YaRN: how many times longer than rope_original_len (1 = off)
     rope_original_len: int = 4096  # YaRN: the context the model was pretrained at

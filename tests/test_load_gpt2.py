@@ -14,12 +14,14 @@ from safetensors.torch import load_file, save_file
 
 import gpt
 import load_gpt2
+import load_hf
 
 
 def tiny(bias=True, vocab_size=64, **kw):
     """A small GPT with every weight random (biases too, so a lost bias would show)."""
     torch.manual_seed(0)
-    model = gpt.GPT(gpt.GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16, bias=bias, **kw))
+    config = gpt.GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16, bias=bias, **kw)
+    model = gpt.GPT(config)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
@@ -116,7 +118,8 @@ def test_prefixed_names_buffers_and_a_stored_head_are_accepted(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda sd: sd.pop("h.1.mlp.c_fc.bias"), r"lack 'h.1.mlp.c_fc.bias'"),
-    (lambda sd: sd.update({"h.0.attn.c_attn.weight": torch.zeros(48, 16)}), r"'h.0.attn.c_attn.weight' has shape \(16, 48\)"),
+    (lambda sd: sd.update({"h.0.attn.c_attn.weight": torch.zeros(48, 16)}),
+     r"'h.0.attn.c_attn.weight' has shape \(48, 16\), config.json's sizes give \(16, 48\)"),
     (lambda sd: sd.update({"h.2.ln_1.weight": torch.ones(16)}), r"unexpected weight 'h.2.ln_1.weight'"),
 ])
 def test_mismatches_give_a_one_line_error(tmp_path, change, message):
@@ -216,7 +219,7 @@ def test_fetch_gpt2_downloads_both_files_once_and_loads(tmp_path, server, monkey
     load_gpt2.export_gpt2(model, tmp_path / "hub")
     for name in ("config.json", "model.safetensors"):
         handler.files[f"/openai-community/gpt2/resolve/main/{name}"] = (tmp_path / "hub" / name).read_bytes()
-    monkeypatch.setattr(load_gpt2, "HUB_URL", base + "/{repo}/resolve/main/{filename}")
+    monkeypatch.setattr(load_hf, "HUB_URL", base + "/{repo}/resolve/main/{filename}")  # where the download lives
     loaded = load_gpt2.load_gpt2("gpt2", cache_dir=str(tmp_path / "cache"))
     assert torch.equal(loaded(IDS)[0], model(IDS)[0])
     assert "100.0%" in capsys.readouterr().err  # the progress line reached the end
