@@ -308,7 +308,8 @@ def test_a_train_py_checkpoint_exports_by_its_model_type(tmp_path, capsys):
 @pytest.mark.parametrize("model, message", [
     (lambda: moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(**moe_gpt.PRESETS["cpu"], qk_norm=True)), "n_shared_experts=1"),
     (lambda: moe_gpt.MoEGPT(moe_gpt.MoEGPTConfig(**moe_gpt.PRESETS["cpu"])), "qk_norm=False"),
-    (lambda: mla_moe.MLAMoE(mla_moe.MLAMoEConfig(**mla_moe.PRESETS["cpu"], latent_norm_eps=1e-5)), "latent_norm_eps=1e-05"),
+    (lambda: mla_moe.MLAMoE(mla_moe.MLAMoEConfig(**mla_moe.PRESETS["cpu"], latent_norm_eps=1e-5)),
+     "latent_norm_eps=1e-05"),
     (lambda: mla_moe.MLAMoE(mla_moe.MLAMoEConfig(**mla_moe.PRESETS["cpu"], latent_norm_eps=1e-6, gate="softmax")),
      "renormalize=True"),
 ])
