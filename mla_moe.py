@@ -556,7 +556,7 @@ def load_checkpoint(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated, empty or not a checkpoint: torch.load has many ways to say so
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}): was it cut short?") from err
+        raise ValueError(f"{path} is no readable checkpoint ({type(err).__name__}): truncated, or other data") from err
     model_type = ckpt.get("model_type") if isinstance(ckpt, dict) else None
     if model_type != MODEL_TYPE:
         raise ValueError(f"{path} holds a {model_type!r} model, not {MODEL_TYPE!r}: use its file or --model_type")

@@ -351,7 +351,7 @@ def unreadable(tmp_path, what):
 @pytest.mark.parametrize("what", ["empty", "truncated", "random"])
 def test_unreadable_checkpoint_is_a_value_error_naming_the_file(tmp_path, what):
     path = unreadable(tmp_path, what)
-    with pytest.raises(ValueError, match="not a readable checkpoint") as error:
+    with pytest.raises(ValueError, match="no readable checkpoint") as error:
         gpt.load_checkpoint(path)
     assert path in str(error.value)
 
@@ -403,7 +403,7 @@ def test_cli_missing_checkpoint(tmp_path):
 
 def test_cli_unreadable_checkpoint(tmp_path):
     path = unreadable(tmp_path, "truncated")
-    assert_one_line_error(run_cli("--ckpt", path), path, "not a readable checkpoint")
+    assert_one_line_error(run_cli("--ckpt", path), path, "no readable checkpoint")
 
 
 def test_cli_characters_outside_the_vocabulary(tmp_path):
