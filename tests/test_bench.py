@@ -90,3 +90,16 @@ def test_a_train_py_checkpoint_is_scored_through_its_model_file(tmp_path):
     assert f"moderngpt, whole validation split ({count:,} tokens): loss {expected:.4f}, {bpc:.4f} bits/char" in (
         result.stdout
     )
+
+
+def test_mla_cache_table_default_config_is_under_a_fifth_of_mha():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import mla_cache
+
+    import mla_moe
+
+    table = mla_cache.cache_size_table(mla_moe.MLAMoEConfig())
+    mha = next(line for line in table.splitlines() if line.startswith("MHA")).split()
+    mla = next(line for line in table.splitlines() if line.startswith("MLA")).split()
+    assert int(mha[1]) == 2 * 768 and int(mla[-4]) == 256 + 32  # values per token per layer
+    assert float(mla[-1]) == round(288 / 1536, 3)
