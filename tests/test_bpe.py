@@ -23,7 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(ROOT, "input.txt"), encoding="utf-8") as f:
     SHAKESPEARE = f.read()
 SPLIT = int(0.9 * len(SHAKESPEARE))  # the model files' training / validation split
-UNICODE = "naïve café, Ærø; Привет, мир! 🎉🎉 👍🏽 Ünïcödé ünïcödé 1234 56789 don't we'll\t\ttabs  and   spaces\n\n\n"
+UNICODE = (
+    "naïve café, Ærø; Привет, мир! 🎉🎉 👍🏽 "
+    "Ünïcödé ünïcödé 1234 56789 don't we'll\t\ttabs  and   spaces\n\n\n"
+)
 TRAIN = SHAKESPEARE[:3000] + 3 * UNICODE
 HELD_OUT = SHAKESPEARE[3000:6000] + UNICODE
 

@@ -193,7 +193,10 @@ def test_bpe_merge_i_makes_token_256_plus_i():
     assert tok.bpe.encode("<|endoftext|>", allowed_special="all") == [259]
 
 
-UNICODE = "naïve café, Ærø; Привет, мир! 🎉🎉 👍🏽 日本語のテキスト e\u0301 don't we'll\t\ttabs  and   spaces\n\n"
+UNICODE = (
+    "naïve café, Ærø; Привет, мир! 🎉🎉 👍🏽 "
+    "日本語のテキスト e\u0301 don't we'll\t\ttabs  and   spaces\n\n"
+)
 
 
 def random_unicode(n, seed=0):
