@@ -4,11 +4,10 @@ import itertools
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli_checks import one_line_error, run_script
 
 import finetune_instruct as instruct
 import gpt
@@ -17,20 +16,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data", "instruction-data.json")
 E = 50256  # <|endoftext|>
 I = -100  # ignored target
-
-
-def run_script(*args):
-    """python *args from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
-
-
-def one_line_error(result):
-    """The single `error: ` line of a run refused for bad input (exit status 2, no traceback)."""
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def entries(n, **changes):

@@ -1,12 +1,11 @@
 """finetune_spam.py: reading and balancing the real file, splits, padding, accuracy, an end-to-end run."""
 
 import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 import torch
+from cli_checks import one_line_error, run_script
 
 import finetune_spam as spam
 import gpt
@@ -14,20 +13,6 @@ import load_gpt2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data", "sms_spam.tsv")
-
-
-def run_script(*args):
-    """python *args from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
-
-
-def one_line_error(result):
-    """The single `error: ` line of a run refused for bad input (exit status 2, no traceback)."""
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 FIVE_OF_EACH = "".join(f"ham\tsee you at {i}\nspam\tWIN prize {i} now\n" for i in range(5))  # the fewest usable

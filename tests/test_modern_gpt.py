@@ -3,11 +3,10 @@ transformers' Llama 3 RoPE scaling), head_dim apart from n_embd / n_head, train.
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli_checks import run_script
 from model_checks import (
     check_cached_logits_match,
     check_causality,
@@ -19,13 +18,7 @@ from model_checks import (
 import gpt
 import modern_gpt as mg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
-
-
-def run_script(*args):
-    """python *args from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
 
 
 def tiny(**kw):

@@ -4,12 +4,11 @@ granularity, balancing, gradients, statistics, and train.py end to end."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_checks import run_script
 from model_checks import (
     check_cached_logits_match,
     check_causality,
@@ -21,13 +20,7 @@ from model_checks import (
 import modern_gpt
 import moe_gpt as mm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
-
-
-def run_script(*args):
-    """python *args from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=300)
 
 
 TINY = {

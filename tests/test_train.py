@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_line_error
 
 import gpt
 import moe_gpt
@@ -67,14 +68,6 @@ def usage_error(*args, tiny=True):
     with pytest.raises(train.UsageError) as error:
         train.main([*(TINY if tiny else []), *args])
     return str(error.value)
-
-
-def one_line_error(result):
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def step_losses(out_dir):
