@@ -409,6 +409,29 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 
 # ----------------------------------------------------------------------------- checkpoints and demo
 
+def bounded(convert, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: convert(text) (int or float), finite and within low..high (an open end excludes its
+    bound). Its error names the allowed range; argparse puts the option's name in front of it."""
+    if low is not None and high is not None:
+        allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_open else '>='} {low}"
+    else:
+        allowed = f"{'<' if high_open else '<='} {high}"
+    kind = "a finite number" if convert is float else "an integer"
+
+    def parse(text):
+        value = convert(text)  # a ValueError here is argparse's own "invalid int value: 'x'"
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"{text} is not {kind} {allowed}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode, tokenizer, checkpoint dict) from train.py's file, read with weights_only=True."""
     if not os.path.isfile(path):
