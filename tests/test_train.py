@@ -11,10 +11,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from cli_checks import one_line_error
+from cli_checks import one_line_error, run_script
 
 import gpt
 import moe_gpt
+import plot
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,7 @@ def usage_error(*args, tiny=True):
 
 
 def step_losses(out_dir):
-    return {r["step"]: r["loss"] for r in train.read_log(os.path.join(out_dir, "log.jsonl")) if "loss" in r}
+    return {r["step"]: r["loss"] for r in plot.read_log(os.path.join(out_dir, "log.jsonl"))[0] if "loss" in r}
 
 
 # ----------------------------------------------------------------------------- a run you can follow
@@ -88,7 +89,7 @@ def test_end_to_end_log_plots_summary_and_a_checkpoint_that_samples(tmp_path):
     summary = next(line for line in lines if line.startswith("finished after 6 steps in "))
     assert "best val" in summary and "final val" in summary and "384 tokens seen" in summary  # 6 steps x B 4 x T 16
     assert f"checkpoint {out}/ckpt.pt | log {out}/log.jsonl | plots {out}/loss.png" in result.stdout
-    records = train.read_log(os.path.join(out, "log.jsonl"))
+    records = plot.read_log(os.path.join(out, "log.jsonl"))[0]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
     evals = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in evals] == [3, 6] and all(r["val_bpc"] == r["val_loss"] / np.log(2) for r in evals)
@@ -173,7 +174,7 @@ def test_moe_runs_log_expert_load_idle_experts_and_plot_them(tmp_path, capsys):
     assert train_here(*args, tiny=False) == 0
     stdout = capsys.readouterr().out
     assert "moe: aux_loss" in stdout and "max/mean expert load" in stdout
-    records = train.read_log(out / "log.jsonl")
+    records = plot.read_log(out / "log.jsonl")[0]
     loads = [r["expert_load"] for r in records if "expert_load" in r]
     assert len(loads) == 20 and np.allclose(np.sum(loads, axis=2), 1.0)
     assert os.path.getsize(out / "expert_load.png") > 1000
@@ -375,8 +376,8 @@ def test_failures_while_sampling_or_plotting_never_end_the_run(tmp_path, monkeyp
     def broken(*args):
         raise RuntimeError("a bug while sampling")
 
-    monkeypatch.setattr(train.Run, "sample", broken)
-    monkeypatch.setattr(train, "plot_loss", broken)
+    monkeypatch.setattr(train, "sample", broken)
+    monkeypatch.setattr(plot, "plot_loss", broken)
     assert train_here("--max_steps", "4", "--eval_interval", "2", "--out_dir", str(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "sampling failed (training goes on)" in out and "a bug while sampling" in out  # its traceback shown
@@ -445,7 +446,22 @@ def bad_inputs(tmp_path):
         (["--n_layers", "3", *out], "unrecognized arguments: --n_layers 3"),
         (["--n_layer", "three", *out], "argument --n_layer: invalid int value: 'three'"),
         (["--preset", "huge", *out], "unknown preset 'huge'"),
-        (["--eval_interval", "0", *out], "--eval_interval must be at least 1"),
+        (["--eval_interval", "0", *out], "argument --eval_interval: 0 is not an integer >= 1"),
+        (["--B", "0", *out], "argument --B: 0 is not an integer >= 1"),
+        (["--max_steps", "-3", *out], "argument --max_steps: -3 is not an integer >= 1"),
+        (["--warmup_steps", "-1", *out], "argument --warmup_steps: -1 is not an integer >= 0"),
+        (["--sample_tokens", "-1", *out], "argument --sample_tokens: -1 is not an integer >= 0"),
+        (["--max_lr", "nan", *out], "argument --max_lr: nan is not a finite number > 0"),
+        (["--max_lr", "0", *out], "argument --max_lr: 0 is not a finite number > 0"),
+        (["--min_lr", "inf", *out], "argument --min_lr: inf is not a finite number > 0"),
+        (["--min_lr", "0.01", *out], "--min_lr 0.01 is above --max_lr 0.001"),
+        (["--beta2", "1", *out], "argument --beta2: 1 is not a finite number in [0, 1)"),
+        (["--weight_decay", "-0.1", *out], "argument --weight_decay: -0.1 is not a finite number >= 0"),
+        (["--grad_clip", "-1", *out], "argument --grad_clip: -1 is not a finite number >= 0"),
+        (["--bpe_vocab_size", "256", *out], "argument --bpe_vocab_size: 256 is not an integer >= 257"),
+        (["--n_layer", "0", *out], "argument --n_layer: 0 is not an integer >= 1"),
+        (["--n_embd", "-32", *out], "argument --n_embd: -32 is not an integer >= 1"),
+        (["--dropout", "1.5", *out], "argument --dropout: 1.5 is not a finite number in [0, 1)"),
         (["--total_batch_size", "100", *out], "not a multiple of B*T*ranks"),
         (["--dtype", "fp16", *out], "--dtype fp16 needs a CUDA GPU"),
         (["--n_head", "3", *out], "gpt config: n_embd 32 must be a multiple of n_head 3"),
@@ -588,3 +604,57 @@ def test_a_model_file_copied_alone_says_where_gpt2_tiktoken_must_be(tmp_path):
     )
     line = one_line_error(result)
     assert f"{tmp_path}/data/gpt2.tiktoken not found" in line and "beside this file" in line
+
+
+# ----------------------------------------------------------------------------- a log cut by a crash
+
+
+def test_a_log_cut_anywhere_in_its_last_line_never_stops_a_resume(tmp_path, capsys):
+    common = ["--max_steps", "4", "--eval_interval", "2", "--sample_tokens", "0"]
+    assert train_here(*common, "--out_dir", str(tmp_path / "whole")) == 0
+    assert train_here(*common, "--stop_step", "2", "--out_dir", str(tmp_path / "split")) == 0
+    log = (tmp_path / "split" / "log.jsonl").read_bytes()
+    last = log.rstrip(b"\n").rfind(b"\n") + 1  # where the last record begins
+    records = plot.read_log(tmp_path / "split" / "log.jsonl")[0]
+    for cut in range(last, len(log) - 1):  # cut before every byte of the last record
+        (tmp_path / "cut.jsonl").write_bytes(log[:cut])
+        kept, was_cut = plot.read_log(tmp_path / "cut.jsonl")
+        assert kept == records[:-1] and was_cut == (cut > last), cut
+    (tmp_path / "cut.jsonl").write_bytes(log[: len(log) - 1])  # only the newline lost: the record is whole
+    assert plot.read_log(tmp_path / "cut.jsonl") == (records, False)
+    capsys.readouterr()
+    for cut in (last + 1, (last + len(log)) // 2, len(log) - 2):  # resumed: the run goes on, the records stay
+        run = tmp_path / f"cut{cut}"
+        shutil.copytree(tmp_path / "split", run)
+        (run / "log.jsonl").write_bytes(log[:cut])
+        assert train_here(*common, "--resume", "--out_dir", str(run)) == 0
+        assert "its last line was cut (a crash while writing it): dropped" in capsys.readouterr().out
+        assert step_losses(run) == step_losses(tmp_path / "whole")
+        assert plot.read_log(run / "log.jsonl")[0][: len(records) - 1] == records[:-1]
+    (tmp_path / "split" / "log.jsonl").write_bytes(b"{not json\n" + log)  # damage elsewhere is no crash's cut
+    assert "line 1 is no JSON record" in usage_error(*common, "--resume", "--out_dir", str(tmp_path / "split"))
+
+
+# ----------------------------------------------------------------------------- plot.py
+
+
+def test_plot_redraws_a_run_and_compares_runs_in_bits_per_character(tmp_path):
+    common = ["--max_steps", "4", "--eval_interval", "2", "--sample_tokens", "0"]
+    assert train_here(*common, "--out_dir", str(tmp_path / "char")) == 0
+    assert train_here(*common, "--tokenizer", "gpt2", "--out_dir", str(tmp_path / "gpt2")) == 0
+    (tmp_path / "char" / "loss.png").unlink()
+    result = run_script("plot.py", str(tmp_path / "char"))
+    assert result.returncode == 0 and os.path.getsize(tmp_path / "char" / "loss.png") > 1000, result.stderr
+    drawn = plot.compare([str(tmp_path / "char"), str(tmp_path / "gpt2")], str(tmp_path / "both.png"), x="tokens")
+    assert os.path.getsize(tmp_path / "both.png") > 1000
+    for run, curves in drawn.items():
+        records = plot.read_log(os.path.join(run, "log.jsonl"))[0]
+        evals = [r for r in records if "val_loss" in r]
+        assert curves["val"] == ([2 * 64, 4 * 64], [r["val_bpc"] for r in evals])  # B 4 x T 16 tokens a step
+        start = next(r for r in records if "run" in r)
+        bits = start["tokens_per_char"] / np.log(2)  # nats per token -> bits per character
+        assert curves["train"][1] == pytest.approx([r["loss"] * bits for r in records if "loss" in r], rel=1e-12)
+    assert curves["val"][1] != drawn[str(tmp_path / "char")]["val"][1]
+    missing = run_script("plot.py", str(tmp_path / "char"), str(tmp_path / "nowhere"))
+    assert "nowhere/log.jsonl not found" in one_line_error(missing)
+    assert "invalid choice" in one_line_error(run_script("plot.py", str(tmp_path / "char"), "--x", "days"))
