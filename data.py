@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 class UsageError(Exception):
@@ -93,3 +94,21 @@ def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab
     except (OSError, ValueError) as err:  # a bad --bpe_vocab_size, characters outside a resumed vocabulary, ...
         raise UsageError(f"{path}: {err}") from None
     return Corpus(train, val, tokenizer, len(val) / val_chars, why)
+
+
+def micro_batch(module, corpus, B, T, seed, step, block, device):
+    """The B windows of micro-batch `block` of `step`'s global batch (blocks 0 .. accum * ranks - 1), and the
+    seed of its dropout masks (and router noise). Both come from (seed, step, block) alone, whatever rank draws
+    them, so a run resumed at any step on any number of ranks sees the same batches."""
+    generator = torch.Generator().manual_seed(seed + 7919 * (step + 1) + 1_000_003 * block)
+    torch.manual_seed(seed + 1000 * step + 1_000_003 * block)
+    return module.get_batch(corpus.train, B, T, generator, device)
+
+
+def eval_batches(module, corpus, split, B, T, iters, seed, device):
+    """The `iters` batches of an evaluation of `split` ("train" or "val"): the same ones every time, drawn by
+    every rank."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    ids = corpus.train if split == "train" else corpus.val
+    for _ in range(iters):
+        yield module.get_batch(ids, B, T, generator, device)

@@ -40,6 +40,49 @@ def read_log(path):
     return records, False
 
 
+def start_log(path, resumed_step, run):
+    """Begin a run's log: a resumed run's records up to resumed_step stay (None: a new run, an empty log), then a
+    record of the run (its title, tokens per step and per character, which run_curves reads). Returns whether
+    the old log's last line had been cut."""
+    kept, cut = read_log(path) if resumed_step is not None else ([], False)
+    kept = [r for r in kept if r["step"] <= resumed_step] if resumed_step is not None else []
+    with open(path + ".tmp", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in [*kept, {"step": resumed_step or 0, **run}]))
+    os.replace(path + ".tmp", path)  # atomic: a crash now leaves the old log whole
+    return cut
+
+
+def append_log(path, record, wandb_run=None):
+    """One record at the end of log.jsonl (and its numbers to Weights & Biases, when on)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if wandb_run:
+        wandb_run.log({k: v for k, v in record.items() if not isinstance(v, (list, dict))}, step=record["step"])
+
+
+def format_time(seconds):
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
+
+def step_line(record, max_steps, eta):
+    line = (f"step {record['step']:5d}/{max_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"norm {record['grad_norm']:.3f} | {record['ms']:.1f} ms | {record['tok_per_s']:,.0f} tok/s")
+    if "mfu" in record:
+        line += f" | MFU {100 * record['mfu']:.1f}%"
+    return line + f" | {format_time(record['elapsed'])} | ETA {format_time(eta)}"
+
+
+def moe_line(record):
+    """The MoE terms, on a line of their own: balancing losses, dropped share, worst layer's max/mean load."""
+    names = [name for name in record if name.endswith("_loss")] + (["dropped"] if "dropped" in record else [])
+    terms = [f"{name} {record[name]:.4g}" for name in names]
+    if "expert_load" in record:
+        imbalance = max(max(layer) * len(layer) for layer in record["expert_load"])  # max / mean load
+        terms.append(f"max/mean expert load {imbalance:.2f}")
+    return "      moe: " + " | ".join(terms)
+
+
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files, no window

@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import importlib
 import inspect
-import json
 import math
 import os
 import re
@@ -234,26 +233,15 @@ def lr_at(step, args):
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.max_lr - args.min_lr)
 
 
-def micro_batch(module, train_ids, B, T, seed, step, block, device):
-    """The B windows of micro-batch `block` of `step`'s global batch (blocks 0 .. accum * ranks - 1), and the
-    seed of its dropout masks (and router noise). Both come from (seed, step, block) alone, whatever rank draws
-    them, so a run resumed at any step on any number of ranks sees the same batches."""
-    generator = torch.Generator().manual_seed(seed + 7919 * (step + 1) + 1_000_003 * block)
-    torch.manual_seed(seed + 1000 * step + 1_000_003 * block)
-    return module.get_batch(train_ids, B, T, generator, device)
-
-
 @torch.no_grad()
-def evaluate(model, module, splits, B, T, iters, seed, autocast, device, rank, world):
-    """Mean loss over `iters` batches of each split: the same batches at every evaluation and for any number of
-    ranks (every rank draws them all, rank r evaluates batches r, r + ranks, ...)."""
+def evaluate(model, module, corpus, B, T, iters, seed, autocast, device, rank, world):
+    """Mean loss over `iters` batches of each split, the same batches at every evaluation and for any number
+    of ranks (data.eval_batches); rank r evaluates batches r, r + ranks, ..."""
     model.eval()
     losses = {}
-    for split, ids in splits.items():
-        generator = torch.Generator().manual_seed(seed + 1)
+    for split in ("train", "val"):
         total = torch.zeros((), device=device)
-        for i in range(iters):
-            x, y = module.get_batch(ids, B, T, generator, device)
+        for i, (x, y) in enumerate(data.eval_batches(module, corpus, split, B, T, iters, seed, device)):
             if i % world == rank:
                 with autocast:
                     total += model(x, y)[1].float()
@@ -280,13 +268,6 @@ def save_checkpoint(path, state):
     os.replace(path + ".tmp", path)
 
 
-def append_log(path, record, wandb_run):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if wandb_run:
-        wandb_run.log({k: v for k, v in record.items() if not isinstance(v, (list, dict))}, step=record["step"])
-
-
 def moe_stats(model, moe_layers):
     """The last batch's routing: each balancing loss and the dropped share, averaged over MoE layers, the
     expert load (MoE layers x experts, share of assignments), and the MTP loss where there is one."""
@@ -308,29 +289,6 @@ def idle_experts(loads):
     load = np.mean(loads, axis=0)
     idle = {layer: np.flatnonzero(row < 1 / (10 * len(row))).tolist() for layer, row in enumerate(load)}
     return {layer: experts for layer, experts in idle.items() if experts}
-
-
-def format_time(seconds):
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
-
-
-def step_line(record, max_steps, eta):
-    line = (f"step {record['step']:5d}/{max_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-            f"norm {record['grad_norm']:.3f} | {record['ms']:.1f} ms | {record['tok_per_s']:,.0f} tok/s")
-    if "mfu" in record:
-        line += f" | MFU {100 * record['mfu']:.1f}%"
-    return line + f" | {format_time(record['elapsed'])} | ETA {format_time(eta)}"
-
-
-def moe_line(record):
-    """The MoE terms, on a line of their own: balancing losses, dropped share, worst layer's max/mean load."""
-    names = [name for name in record if name.endswith("_loss")] + (["dropped"] if "dropped" in record else [])
-    terms = [f"{name} {record[name]:.4g}" for name in names]
-    if "expert_load" in record:
-        imbalance = max(max(layer) * len(layer) for layer in record["expert_load"])  # max / mean load
-        terms.append(f"max/mean expert load {imbalance:.2f}")
-    return "      moe: " + " | ".join(terms)
 
 
 def ranks_hold_same_weights(model, device):
@@ -496,18 +454,13 @@ def main(argv=None):
             for name in ("ckpt.pt", "loss.png", "expert_load.png"):
                 if os.path.exists(os.path.join(args.out_dir, name)):
                     os.remove(os.path.join(args.out_dir, name))
-        try:
-            kept, cut = plot.read_log(log_path) if ckpt else ([], False)
+        try:  # a resumed run keeps its records up to the checkpoint's step; a new run starts a new log
+            cut = plot.start_log(log_path, start_step if ckpt else None, {"run": title, "tokens_per_step":
+                                 tokens_per_step, "tokens_per_char": corpus.tokens_per_char})
         except ValueError as err:
             raise UsageError(f"{err}: move it away to resume without the log")
         if cut:
             say(f"{log_path}: its last line was cut (a crash while writing it): dropped; the records before it stay")
-        kept = [r for r in kept if r["step"] <= start_step]
-        with open(log_path + ".tmp", "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(log_path + ".tmp", log_path)
-        append_log(log_path, {"step": start_step, "run": title, "tokens_per_step": tokens_per_step,
-                              "tokens_per_char": corpus.tokens_per_char}, None)
 
     # the loop
     say(f"tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} tokens ({corpus.why})")
@@ -543,7 +496,7 @@ def main(argv=None):
         # this rank's micro-batches of the global batch: rank r takes blocks r, r + ranks, ...
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum_steps):
-            x, y = micro_batch(module, train_ids, B, T, args.seed, step, micro * world + rank, device)
+            x, y = data.micro_batch(module, corpus, B, T, args.seed, step, micro * world + rank, device)
             # DDP averages gradients across ranks only on the last micro-batch
             no_sync = trained.no_sync() if ddp and micro < accum_steps - 1 else nullcontext()
             with no_sync, autocast:
@@ -574,16 +527,15 @@ def main(argv=None):
         if "expert_load" in record:
             loads.append(record["expert_load"])
         if master:
-            append_log(log_path, record, wandb_run)
+            plot.append_log(log_path, record, wandb_run)
         if done % args.log_interval == 0 or done == args.max_steps:
-            say(step_line(record, args.max_steps, (args.max_steps - done) * (elapsed - elapsed_before) /
+            say(plot.step_line(record, args.max_steps, (args.max_steps - done) * (elapsed - elapsed_before) /
                           (done - start_step)))
             if moe_layers and (done // args.log_interval) % 10 == 0:
-                say(moe_line(record))
+                say(plot.moe_line(record))
 
         if done % args.eval_interval == 0 or done == args.max_steps:  # evaluate, save, then sample and plot
-            losses = evaluate(model, module, {"train": train_ids, "val": val_ids}, B, T, args.eval_iters, args.seed,
-                              autocast, device, rank, world)
+            losses = evaluate(model, module, corpus, B, T, args.eval_iters, args.seed, autocast, device, rank, world)
             stop_if_not_finite("val loss", losses["val"], done)
             best_val = min(best_val, losses["val"])
             bpc = losses["val"] * corpus.tokens_per_char / math.log(2)
@@ -591,7 +543,7 @@ def main(argv=None):
             save(done, elapsed)
             idle, loads = idle_experts(loads), []
             if master:
-                append_log(log_path, {"step": done, "train_loss": losses["train"], "val_loss": losses["val"],
+                plot.append_log(log_path, {"step": done, "train_loss": losses["train"], "val_loss": losses["val"],
                                       "val_bpc": bpc, **({"idle_experts": idle} if idle else {})}, wandb_run)
                 if idle:
                     say(f"idle experts (< 1/(10 E) of the tokens since the last evaluation), by MoE layer: {idle}")
@@ -619,7 +571,7 @@ def main(argv=None):
         steps = max([r["step"] for r in records if "loss" in r], default=0)
         final = f"final val {evals[-1]['val_loss']:.4f} ({evals[-1]['val_bpc']:.3f} bits/char) | " if evals else ""
         best = f"{best_val:.4f}" if math.isfinite(best_val) else "none yet"
-        wall = format_time(elapsed_before + time.perf_counter() - t_start)
+        wall = plot.format_time(elapsed_before + time.perf_counter() - t_start)
         say(f"{outcome} after {steps} steps in {wall} | best val {best} | {final}{steps * tokens_per_step:,} "
             "tokens seen")
         say(f"checkpoint {ckpt_path} | log {log_path} | plots {', '.join(plots) or 'none'}")
