@@ -3,12 +3,16 @@ data.py - what train.py trains on: the corpus, read and checked, and the tokeniz
 
     --data input.txt        a UTF-8 text: 90% of its characters train, 10% validate; BPE ids cached beside it
     --data FOLDER           nanoGPT's train.bin and val.bin of uint16 GPT-2 ids
+    --data SHARDS           llm.c-format shards, *_train_*.bin and *_val_*.bin (fineweb.py, llm.c, modded-nanogpt),
+                            memory-mapped and read in order: each training token is seen once per epoch
 
 The tokenizer follows the preset: characters for the cpu preset (nanoGPT's char-level recipe), GPT-2's BPE for
-GPT-2-sized ones and for train.bin/val.bin folders; --tokenizer overrides (bpe: learned from the corpus by
+GPT-2-sized ones and for train.bin/val.bin folders; shards bring theirs (meta.json; none: GPT-2's, as llm.c's
+shards hold); --tokenizer overrides (bpe: learned from the corpus by
 bpe.py); a resumed run keeps its checkpoint's. The token ids themselves come from the model file's
 load_dataset, so a model file copied alone reads the same data.
 """
+import glob
 import os
 from dataclasses import dataclass
 
@@ -27,6 +31,7 @@ class Corpus:
     tokenizer: object  # the model file's Tokenizer
     tokens_per_char: float  # of the validation text: bits per character = nats per token * this / ln 2
     why: str  # why this tokenizer, for the run's first line
+    in_order: bool = False  # shards: batches read the stream in order, not at random windows
 
 
 def check_text(path):
@@ -61,10 +66,40 @@ def check_token_files(folder, gpt2):
     return len(gpt2.decode(head.tolist())) * len(ids) / len(head)
 
 
+def load_shards(path, module, tokenizer_kind, tokenizer_state):
+    """The Corpus of a folder of llm.c-format shards, with the tokenizer its meta.json names (GPT-2's without)."""
+    import fineweb  # the shard format's reader and writer
+    meta = fineweb.read_meta(path) or {"tokenizer": {"kind": "gpt2"}}
+    made = meta["tokenizer"]
+    why = "meta.json's" if "source" in meta else "shards without meta.json hold GPT-2 ids, as llm.c's"
+    if made["kind"] not in ("gpt2", "bpe"):
+        raise UsageError(f"{path} holds {made['kind']} tokens: train.py reads shards of GPT-2's BPE or a learned one")
+    if tokenizer_kind not in (None, made["kind"]):
+        raise UsageError(f"{path} holds {made['kind']} tokens ({why}): drop --tokenizer {tokenizer_kind}")
+    tokenizer = module.Tokenizer(made["kind"], merges=made.get("merges", ()))
+    if tokenizer_state and (tokenizer_state["kind"], [list(m) for m in tokenizer_state["merges"]]) != (
+            tokenizer.kind, [list(m) for m in tokenizer.merges]):
+        raise UsageError(f"{path} holds tokens of another tokenizer than the resumed run's: resume on its own data")
+    try:
+        train, val = (fineweb.TokenStream(fineweb.shard_paths(path, split)) for split in ("train", "val"))
+    except ValueError as err:  # a header that does not match the file
+        raise UsageError(str(err)) from None
+    if not len(val):
+        raise UsageError(f"{path} has no *_val_*.bin shard: fineweb.py writes one first (--val_tokens)")
+    head = val.window(0, min(len(val), 1_000_000))
+    if head.max() >= tokenizer.vocab_size:
+        raise UsageError(f"{path} holds token id {head.max()}, outside the {tokenizer.vocab_size:,}-token vocabulary "
+                         f"of {tokenizer.kind} ({why})")
+    tokens_per_char = len(head) / len(tokenizer.decode(head.tolist()))
+    return Corpus(train, val, tokenizer, tokens_per_char, f"{made['kind']}: {why}", in_order=True)
+
+
 def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab_size):
     """The Corpus at `path` for a run of `preset`: tokenizer_kind is --tokenizer (None: the preset's),
     tokenizer_state a resumed checkpoint's tokenizer (None for a new run)."""
     folder = os.path.isdir(path)
+    if folder and glob.glob(os.path.join(glob.escape(path), "*_train_*.bin")):
+        return load_shards(path, module, tokenizer_kind, tokenizer_state)
     if tokenizer_state:
         kind, why = tokenizer_state["kind"], "the resumed run's"
     elif folder:
@@ -96,19 +131,36 @@ def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab
     return Corpus(train, val, tokenizer, len(val) / val_chars, why)
 
 
-def micro_batch(module, corpus, B, T, seed, step, block, device):
-    """The B windows of micro-batch `block` of `step`'s global batch (blocks 0 .. accum * ranks - 1), and the
-    seed of its dropout masks (and router noise). Both come from (seed, step, block) alone, whatever rank draws
-    them, so a run resumed at any step on any number of ranks sees the same batches."""
-    generator = torch.Generator().manual_seed(seed + 7919 * (step + 1) + 1_000_003 * block)
+def micro_batch(module, corpus, B, T, seed, step, block, blocks, device):
+    """Micro-batch `block` of `step`'s global batch (blocks 0 .. blocks - 1 = accum * ranks - 1), and the seed of
+    its dropout masks (and router noise). Both come from (seed, step, block) alone, whatever rank draws them, so a
+    run resumed at any step on any number of ranks sees the same batches. A text or train.bin: B random windows.
+    Shards: the stream in order, micro-batch n = step * blocks + block reading the B*T + 1 tokens at n * B*T
+    (modulo the stream's length: the next epoch starts over), so each token is trained on once per epoch."""
     torch.manual_seed(seed + 1000 * step + 1_000_003 * block)
+    if corpus.in_order:
+        return stream_batch(corpus.train, (step * blocks + block) % ((len(corpus.train) - 1) // (B * T)), B, T,
+                            device)
+    generator = torch.Generator().manual_seed(seed + 7919 * (step + 1) + 1_000_003 * block)
     return module.get_batch(corpus.train, B, T, generator, device)
 
 
+def stream_batch(stream, n, B, T, device):
+    """Inputs and next-token targets (B, T) from the n-th run of B*T + 1 tokens of a TokenStream."""
+    tokens = torch.from_numpy(stream.window(n * B * T, B * T + 1))
+    x, y = tokens[:-1].view(B, T), tokens[1:].view(B, T)
+    if device.startswith("cuda"):  # page-locked memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
 def eval_batches(module, corpus, split, B, T, iters, seed, device):
-    """The `iters` batches of an evaluation of `split` ("train" or "val"): the same ones every time, drawn by
-    every rank."""
+    """The `iters` batches of an evaluation of `split` ("train" or "val"), drawn by every rank: the same ones every
+    time (random windows of a fixed seed; of shards, the first `iters` runs of B*T + 1 tokens of the stream)."""
     generator = torch.Generator().manual_seed(seed + 1)
     ids = corpus.train if split == "train" else corpus.val
-    for _ in range(iters):
-        yield module.get_batch(ids, B, T, generator, device)
+    for i in range(iters):
+        if corpus.in_order:
+            yield stream_batch(ids, i % ((len(ids) - 1) // (B * T)), B, T, device)
+        else:
+            yield module.get_batch(ids, B, T, generator, device)

@@ -386,10 +386,11 @@ def main(argv=None):
         if ddp and master:
             dist.barrier()
     train_ids, val_ids, tokenizer = corpus.train, corpus.val, corpus.tokenizer
+    need = B * T + 1 if corpus.in_order else T + 1  # shards are read B*T + 1 tokens at a time
     for split, ids in (("training", train_ids), ("validation", val_ids)):
-        if len(ids) < T + 1:
-            raise UsageError(f"{args.data}: the {split} split has {len(ids)} tokens, fewer than T+1 = {T + 1}: "
-                             "use a longer corpus or a smaller --T")
+        if len(ids) < need:
+            raise UsageError(f"{args.data}: the {split} split has {len(ids)} tokens, fewer than "
+                             f"{'B*T+1' if corpus.in_order else 'T+1'} = {need}: use more data or a smaller --T")
     prompt = []
     if args.sample_tokens:
         try:
@@ -496,7 +497,8 @@ def main(argv=None):
         # this rank's micro-batches of the global batch: rank r takes blocks r, r + ranks, ...
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum_steps):
-            x, y = data.micro_batch(module, corpus, B, T, args.seed, step, micro * world + rank, device)
+            x, y = data.micro_batch(module, corpus, B, T, args.seed, step, micro * world + rank, accum_steps * world,
+                                    device)
             # DDP averages gradients across ranks only on the last micro-batch
             no_sync = trained.no_sync() if ddp and micro < accum_steps - 1 else nullcontext()
             with no_sync, autocast:
