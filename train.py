@@ -48,9 +48,9 @@ if __name__ == "__main__":  # Ctrl-C while importing torch or reading the data s
 import numpy as np  # after the handler above: importing torch takes seconds
 import torch
 import torch.distributed as dist
-from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 import data
+import parallel
 import plot
 from data import UsageError
 from gpt import bounded
@@ -139,6 +139,8 @@ def parse_args(argv):
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto: bf16 autocast on GPUs that have it, fp16 + GradScaler on older CUDA GPUs, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 shards parameters, gradients and "
+                   "optimizer state over the ranks instead of DDP's whole copy on each (parallel.py)")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (pip install wandb)")
     p.add_argument("--wandb_project", default="nanodecoder", help="the Weights & Biases project")
     p.add_argument("--wandb_run_name", help="the Weights & Biases run name (default: wandb's)")
@@ -236,15 +238,17 @@ def lr_at(step, args):
 @torch.no_grad()
 def evaluate(model, module, corpus, B, T, iters, seed, autocast, device, rank, world):
     """Mean loss over `iters` batches of each split, the same batches at every evaluation and for any number
-    of ranks (data.eval_batches); rank r evaluates batches r, r + ranks, ..."""
+    of ranks (data.eval_batches); rank r evaluates batches r, r + ranks, ... Every rank runs as many forwards
+    (FSDP gathers each block's weights with all ranks): a rank past the last batch repeats one, not counted."""
     model.eval()
     losses = {}
     for split in ("train", "val"):
         total = torch.zeros((), device=device)
-        for i, (x, y) in enumerate(data.eval_batches(module, corpus, split, B, T, iters, seed, device)):
-            if i % world == rank:
-                with autocast:
-                    total += model(x, y)[1].float()
+        batches = list(data.eval_batches(module, corpus, split, B, T, iters, seed, device))
+        for i in range(rank, -(-iters // world) * world, world):
+            x, y = batches[min(i, iters - 1)]
+            with autocast:
+                total += model(x, y)[1].float() * (i < iters)
         if world > 1:
             dist.all_reduce(total)
         losses[split] = total.item() / iters
@@ -253,7 +257,9 @@ def evaluate(model, module, corpus, B, T, iters, seed, autocast, device, rank, w
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompt, tokens, autocast, device):
+def sample(model, tokenizer, prompt, tokens, seed, autocast, device):
+    """A sample from the prompt, the same on every rank (under FSDP every rank must run the forwards)."""
+    torch.manual_seed(seed)  # each micro-batch reseeds the RNG: this changes no batch or dropout mask
     model.eval()
     with autocast:
         out = model.generate(torch.tensor([prompt], device=device), tokens, temperature=0.8, top_k=200)
@@ -291,31 +297,6 @@ def idle_experts(loads):
     return {layer: experts for layer, experts in idle.items() if experts}
 
 
-def ranks_hold_same_weights(model, device):
-    """Compare every parameter with rank 0's copy; True when all ranks match exactly."""
-    mismatches = torch.zeros((), device=device)
-    for p in model.parameters():
-        reference = p.detach().clone()
-        dist.broadcast(reference, src=0)
-        mismatches += float(not torch.equal(reference, p.detach()))
-    dist.all_reduce(mismatches)
-    return mismatches.item() == 0
-
-
-def checkpoint_blocks(model):
-    """Gradient checkpointing: each block of model.h keeps only its input and is run again in backward.
-    Generation (a KV cache) and evaluation (no gradients) run the blocks as they are."""
-    for block in model.h:
-        def checkpointed(x, cache=None, forward=block.forward):
-            if cache is not None or not torch.is_grad_enabled():
-                return forward(x, cache)
-            # the rerun uses the same RNG state (same dropout, same routing) and runs to the end (no early
-            # stop), so an MoE layer's statistics are rewritten whole
-            with set_checkpoint_early_stop(False):
-                return checkpoint(forward, x, use_reentrant=False)
-        block.forward = checkpointed
-
-
 class StopSignal:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save;
     a second Ctrl-C stops at once."""
@@ -336,8 +317,11 @@ class StopSignal:
 def main(argv=None):
     args, module, overrides = parse_args(sys.argv[1:] if argv is None else argv)
 
-    # device, and one process per device under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set)
+    # device, and one process per device under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set): DDP or FSDP2
     ddp = "RANK" in os.environ
+    mode = ("fsdp" if args.fsdp else "ddp") if ddp else None
+    if args.fsdp and not ddp:
+        raise UsageError("--fsdp shards the model over torchrun's ranks: run under torchrun --nproc_per_node N")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     master = rank == 0  # rank 0 alone prints, logs and writes
     device, device_type, dtype = pick_device_and_dtype(args, int(os.environ.get("LOCAL_RANK", "0")))
@@ -415,13 +399,10 @@ def main(argv=None):
     if model.config.vocab_size < tokenizer.vocab_size:
         raise UsageError(f"vocab_size {model.config.vocab_size} is below the tokenizer's {tokenizer.vocab_size}")
     if args.grad_checkpointing:
-        checkpoint_blocks(model)
+        parallel.checkpoint_blocks(model)
     model.train().to(device)
-    # the model as the training step calls it: compiled and/or DDP-wrapped, the same weights as `model`
-    trained = torch.compile(model) if args.compile else model
-    if ddp:
-        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=[device] if device_type == "cuda"
-                                                            else None)
+    # the model as the training step calls it: compiled, and DDP-wrapped or FSDP-sharded (parallel.py)
+    trained = parallel.wrap(model, mode, device, dtype == "bf16", args.compile)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     autocast = torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
@@ -429,7 +410,7 @@ def main(argv=None):
     optimizer = model.configure_optimizers(args.weight_decay, args.max_lr, (args.beta1, args.beta2), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "fp16")
     if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        parallel.load_optimizer_state(model, optimizer, ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
 
     # logging: a new run starts a new log.jsonl, a resumed one keeps the records up to its checkpoint's step
@@ -468,6 +449,7 @@ def main(argv=None):
     say(f"{args.model_type}: {counts['total'] / 1e6:.2f}M parameters ({counts['active'] / 1e6:.2f}M active) | "
         f"{B} x {T} tokens x {accum_steps} accum x {world} ranks = {tokens_per_step:,} tokens/step | {device} "
         f"{dtype} | {len(train_ids):,} train tokens")
+    say(parallel.memory_line(model, mode, world, B, T, dtype in ("bf16", "fp16"), args.grad_checkpointing))
     if start_step:
         say(f"resuming from step {start_step} of {ckpt_path}")
     flops_per_step = model.flops_per_token(T) * tokens_per_step
@@ -481,10 +463,11 @@ def main(argv=None):
             raise UsageError(f"{what} is {value} at step {step}: stopped; {kept}. Try a lower --max_lr or --dtype fp32")
 
     def save(step, elapsed):
+        weights, optimizer_state = parallel.full_state(model, optimizer)  # every rank: FSDP gathers the shards
         if master:
             save_checkpoint(ckpt_path, {
-                "model_type": args.model_type, "config": dataclasses.asdict(model.config), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                "model_type": args.model_type, "config": dataclasses.asdict(model.config), "model": weights,
+                "optimizer": optimizer_state, "scaler": scaler.state_dict(), "step": step,
                 "best_val_loss": best_val, "tokens_per_step": tokens_per_step, "elapsed": elapsed,
                 "tokenizer": tokenizer.state(), "args": {**vars(args), "preset": preset, "B": B, "T": T}})
 
@@ -499,14 +482,12 @@ def main(argv=None):
         for micro in range(accum_steps):
             x, y = data.micro_batch(module, corpus, B, T, args.seed, step, micro * world + rank, accum_steps * world,
                                     device)
-            # DDP averages gradients across ranks only on the last micro-batch
-            no_sync = trained.no_sync() if ddp and micro < accum_steps - 1 else nullcontext()
-            with no_sync, autocast:
+            with parallel.sync_gradients(trained, mode, micro == accum_steps - 1), autocast:
                 loss = trained(x, y)[1] / accum_steps
             scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
         scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))  # inf: measure
+        norm = parallel.clip_grad_norm(model, args.grad_clip or float("inf"))  # inf: measure, do not clip
         flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device)])
         if ddp:  # mean loss over ranks, and whether any rank was asked to stop
             dist.all_reduce(flags)
@@ -549,12 +530,13 @@ def main(argv=None):
                                       "val_bpc": bpc, **({"idle_experts": idle} if idle else {})}, wandb_run)
                 if idle:
                     say(f"idle experts (< 1/(10 E) of the tokens since the last evaluation), by MoE layer: {idle}")
-                if args.sample_tokens:
-                    try:  # the checkpoint is saved: a failing sample never costs it, nor ends the run
-                        say(f"--- sample ---\n{sample(model, tokenizer, prompt, args.sample_tokens, autocast, device)}"
-                            "\n--------------")
-                    except Exception:  # noqa: BLE001 (any failure)
-                        say(f"sampling failed (training goes on):\n{traceback.format_exc()}")
+            if args.sample_tokens and (master or mode == "fsdp"):  # FSDP: every rank runs the sample's forwards
+                try:  # the checkpoint is saved: a failing sample never costs it, nor ends the run
+                    text = sample(model, tokenizer, prompt, args.sample_tokens, args.seed, autocast, device)
+                    say(f"--- sample ---\n{text}\n--------------")
+                except Exception:  # noqa: BLE001 (any failure)
+                    say(f"sampling failed (training goes on):\n{traceback.format_exc()}")
+            if master:
                 plot.plot_run(args.out_dir, title)
         if stop_votes or done == args.stop_step:
             if done % args.eval_interval and done != args.max_steps:
@@ -564,8 +546,9 @@ def main(argv=None):
             break
 
     # the summary
-    if ddp and outcome == "finished":
-        say(f"weights identical on all {world} ranks: {'yes' if ranks_hold_same_weights(model, device) else 'NO'}")
+    if mode == "ddp" and outcome == "finished":
+        same = parallel.ranks_hold_same_weights(model, device)
+        say(f"weights identical on all {world} ranks: {'yes' if same else 'NO'}")
     if master:
         plots = plot.plot_run(args.out_dir, title)
         records = plot.read_log(log_path)[0]

@@ -1,6 +1,7 @@
 """train.py as a user runs it: training, logs, plots and summary, exact resume (also on another number of
 ranks), Ctrl-C, torchrun with two CPU ranks, no lost work, and one-line errors for bad input."""
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from cli_checks import one_line_error, run_script
 
 import gpt
 import moe_gpt
+import parallel
 import plot
 import train
 
@@ -341,7 +343,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_moe_stats():
         torch.manual_seed(0)
         model = moe_gpt.MoEGPT(config)
         if flag:
-            train.checkpoint_blocks(model)
+            parallel.checkpoint_blocks(model)
         torch.manual_seed(1)
         idx = torch.randint(0, 50, (2, 16))
         _, loss = model(idx, idx)
@@ -658,3 +660,46 @@ def test_plot_redraws_a_run_and_compares_runs_in_bits_per_character(tmp_path):
     missing = run_script("plot.py", str(tmp_path / "char"), str(tmp_path / "nowhere"))
     assert "nowhere/log.jsonl not found" in one_line_error(missing)
     assert "invalid choice" in one_line_error(run_script("plot.py", str(tmp_path / "char"), "--x", "days"))
+
+
+# ----------------------------------------------------------------------------- FSDP2
+
+
+def torchrun(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_fsdp_trains_every_model_file_as_ddp_does_with_half_the_optimizer_state_per_rank():
+    result = torchrun(os.path.join("tests", "fsdp_check.py"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [row["model"] for row in rows] == ["gpt", "moderngpt", "moegpt", "mlamoe", "fgram"]
+    for row in rows:  # the same sums in another order (reduce-scatter vs all-reduce): float32 rounding only
+        assert np.allclose(row["fsdp"], row["ddp"], rtol=0, atol=1e-5), row
+        assert row["keys_equal"] and row["weights"] < 1e-5, row
+        assert row["fsdp_optimizer_bytes"] == pytest.approx(row["ddp_optimizer_bytes"] / 2, rel=0.05), row
+
+
+def test_an_fsdp_checkpoint_resumes_as_ddp_and_in_one_process(tmp_path):
+    common = [*TINY, "--max_steps", "5", "--eval_interval", "100", "--dropout", "0.1", "--total_batch_size", "256"]
+    assert train_here(*common[len(TINY) :], "--out_dir", str(tmp_path / "whole")) == 0
+    result = torchrun("train.py", *common, "--fsdp", "--stop_step", "2", "--out_dir", str(tmp_path / "fsdp"))
+    assert result.returncode == 0 and "1/2 of each on each rank" in result.stdout, result.stderr[-3000:]
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "one")
+    result = torchrun("train.py", *common, "--stop_step", "4", "--resume", "--out_dir", str(tmp_path / "fsdp"))
+    assert result.returncode == 0 and "a whole copy on each rank" in result.stdout, result.stderr[-3000:]
+    for run in ("fsdp", "one"):
+        out = str(tmp_path / run)
+        assert train_here("--max_steps", "5", "--eval_interval", "100", "--resume", "--out_dir", out) == 0
+    whole = step_losses(tmp_path / "whole")
+    for run in ("fsdp", "one"):  # FSDP -> DDP -> one process, and FSDP -> one process
+        resumed = step_losses(tmp_path / run)
+        assert list(resumed) == [1, 2, 3, 4, 5] and all(abs(resumed[s] - whole[s]) < 1e-5 for s in whole), resumed
+    assert "--fsdp shards the model over torchrun's ranks" in usage_error("--fsdp", "--out_dir", str(tmp_path / "x"))

@@ -1,0 +1,118 @@
+"""
+parallel.py - how train.py spreads a model over its processes, and what that costs in memory.
+
+    torchrun --nproc_per_node=8 train.py ...            # DDP: every rank holds the whole model, its gradients and
+                                                        # AdamW's two moments, and averages gradients
+    torchrun --nproc_per_node=8 train.py ... --fsdp     # FSDP2: each rank holds 1/ranks of them, and gathers one
+                                                        # block's weights at a time to compute it
+
+FSDP2 is PyTorch's `fully_shard` (torch.distributed.fsdp), applied to each block of model.h, then to the whole
+model, as torchtitan does; on a GPU in bf16 its MixedPrecisionPolicy computes in bf16 and reduces gradients in
+fp32. Checkpoints are one full state dict either way (torch.distributed.checkpoint.state_dict gathers it, rank 0
+writes it), so a run saved in one mode resumes in the other, on any number of ranks, or in one process.
+Gradient checkpointing recomputes each block in backward instead of keeping its activations.
+"""
+import contextlib
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors on the CPU, on rank 0
+
+
+def wrap(model, mode, device, bf16, compile_model):
+    """The model as the training step calls it. mode: None (one process), "ddp" or "fsdp"; the weights stay
+    `model`'s own (with FSDP, `model` itself becomes the sharded module)."""
+    if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
+            MixedPrecisionPolicy()
+        for block in model.h:  # one all-gather per block: only one block's full weights live at a time
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)  # the rest: embeddings, final norm, head
+    trained = torch.compile(model) if compile_model else model
+    if mode == "ddp":
+        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=[device] if device.startswith(
+            "cuda") else None)
+    return trained
+
+
+def sync_gradients(trained, mode, last):
+    """A context for one micro-batch's backward: gradients are averaged across ranks only on the last one."""
+    if mode == "ddp" and not last:
+        return trained.no_sync()
+    if mode == "fsdp":
+        trained.set_requires_gradient_sync(last)
+    return contextlib.nullcontext()
+
+
+def clip_grad_norm(model, max_norm):
+    """The gradient norm over all parameters before clipping (a plain tensor also when FSDP shards them)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def full_state(model, optimizer):
+    """(model state dict, optimizer state dict) as whole tensors keyed by parameter name, whatever the mode: a
+    collective under FSDP (every rank calls it); rank 0's copy is the one to write."""
+    return get_model_state_dict(model, options=FULL), get_optimizer_state_dict(model, optimizer, options=FULL)
+
+
+def load_optimizer_state(model, optimizer, state):
+    """The optimizer state of a checkpoint (full_state's form) into this rank's optimizer, sharded as it is."""
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+
+
+def local_bytes(tensors):
+    """Bytes this rank holds of `tensors` (only its shard of an FSDP DTensor)."""
+    return sum((t.to_local() if hasattr(t, "to_local") else t).nbytes for t in tensors)
+
+
+def memory_line(model, mode, world, B, T, bf16, checkpointing):
+    """Memory per rank, from the model as this rank holds it: fp32 parameters and gradients, AdamW's two moments
+    (2 x the parameters), and an estimate of the activations kept for backward: 34 B T C bytes per block in 16
+    bits (Korthikanti et al. 2022, arXiv 2205.05198, eq. 2, without the attention scores, which
+    scaled_dot_product_attention does not keep), twice that in fp32; 2 B T C bytes per block (the block's input)
+    with gradient checkpointing, plus one block's recomputation."""
+    params = local_bytes(model.parameters())
+    shards = {"ddp": "a whole copy on each rank", "fsdp": f"1/{world} of each on each rank"}.get(mode, "one process")
+    blocks = len(model.h)
+    per_token = 34 * model.config.n_embd * (1 if bf16 else 2)
+    activations = B * T * (per_token * (1 + 2 * blocks / 34) if checkpointing else per_token * blocks)
+    total = 4 * params + activations
+    mib = 2 ** 20
+    return (f"memory per rank ({shards}): parameters {params / mib:,.1f} MiB, gradients {params / mib:,.1f} MiB, "
+            f"AdamW state {2 * params / mib:,.1f} MiB, activations ~{activations / mib:,.1f} MiB = "
+            f"~{total / 2**30:,.2f} GiB")
+
+
+def checkpoint_blocks(model):
+    """Gradient checkpointing: each block of model.h keeps only its input and is run again in backward.
+    Generation (a KV cache) and evaluation (no gradients) run the blocks as they are."""
+    for block in model.h:
+        def checkpointed(x, cache=None, forward=block.forward):
+            if cache is not None or not torch.is_grad_enabled():
+                return forward(x, cache)
+            # the rerun uses the same RNG state (same dropout, same routing) and runs to the end (no early
+            # stop), so an MoE layer's statistics are rewritten whole
+            with set_checkpoint_early_stop(False):
+                return checkpoint(forward, x, use_reentrant=False)
+        block.forward = checkpointed
+
+
+def ranks_hold_same_weights(model, device):
+    """Compare every parameter with rank 0's copy (DDP); True when all ranks match exactly."""
+    mismatches = torch.zeros((), device=device)
+    for p in model.parameters():
+        reference = p.detach().clone()
+        dist.broadcast(reference, src=0)
+        mismatches += float(not torch.equal(reference, p.detach()))
+    dist.all_reduce(mismatches)
+    return mismatches.item() == 0
