@@ -59,15 +59,15 @@ def clip_grad_norm(model, max_norm):
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def full_state(model, optimizer):
+def full_state(model, optimizers):
     """(model state dict, optimizer state dict) as whole tensors keyed by parameter name, whatever the mode: a
     collective under FSDP (every rank calls it); rank 0's copy is the one to write."""
-    return get_model_state_dict(model, options=FULL), get_optimizer_state_dict(model, optimizer, options=FULL)
+    return get_model_state_dict(model, options=FULL), get_optimizer_state_dict(model, optimizers, options=FULL)
 
 
-def load_optimizer_state(model, optimizer, state):
-    """The optimizer state of a checkpoint (full_state's form) into this rank's optimizer, sharded as it is."""
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+def load_optimizer_state(model, optimizers, state):
+    """The optimizers' state of a checkpoint (full_state's form) into this rank's optimizers, sharded as they are."""
+    set_optimizer_state_dict(model, optimizers, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
 
 
 def local_bytes(tensors):

@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 
 import data
+import muon
 import parallel
 import plot
 from data import UsageError
@@ -122,7 +123,10 @@ def parse_args(argv):
     p.add_argument("--warmup_steps", type=count, default=100, help="steps of linear warmup to max_lr")
     p.add_argument("--max_lr", type=rate, default=1e-3, help="peak learning rate")
     p.add_argument("--min_lr", type=rate, default=1e-4, help="learning rate at max_steps (at most max_lr)")
-    p.add_argument("--weight_decay", type=bounded(float, 0), default=0.1, help="AdamW's, on matrices and embeddings")
+    p.add_argument("--optimizer", choices=["adamw", "muon"],
+                   help="muon: Muon for hidden matrices, AdamW for the rest (muon.py) (default: adamw; resumed: own)")
+    p.add_argument("--muon_lr", type=rate, default=0.02, help="--optimizer muon: Muon's peak learning rate")
+    p.add_argument("--weight_decay", type=bounded(float, 0), default=0.1, help="on matrices and embeddings")
     p.add_argument("--beta1", type=bounded(float, 0, 1, high_open=True), default=0.9, help="AdamW's beta1")
     p.add_argument("--beta2", type=bounded(float, 0, 1, high_open=True), default=0.99, help="AdamW's beta2")
     p.add_argument("--grad_clip", type=bounded(float, 0), default=1.0, help="largest gradient norm; 0: no clipping")
@@ -216,7 +220,9 @@ def read_checkpoint(module, ckpt_path, args, overrides):
         model, tokenizer, ckpt = module.load_checkpoint(ckpt_path)
     except ValueError as err:  # unreadable (cut short, empty, not a checkpoint) or another model type
         raise UsageError(f"--resume: {err}")
-    for name, value in (("preset", ckpt["args"].get("preset") or "cpu"), ("tokenizer", tokenizer.kind)):
+    saved = ckpt["args"]
+    for name, value in (("preset", saved.get("preset") or "cpu"), ("tokenizer", tokenizer.kind),
+                        ("optimizer", saved.get("optimizer") or "adamw")):
         if getattr(args, name) not in (None, value):
             raise UsageError(f"{ckpt_path} was trained with --{name} {value}: drop --{name} {getattr(args, name)} "
                              "to resume it, or start a new run in another --out_dir")
@@ -346,6 +352,7 @@ def main(argv=None):
             raise UsageError(f"{ckpt_path} trains with {ckpt['tokens_per_step']:,} tokens per step: drop "
                              "--total_batch_size to resume it with the same global batch")
         start_step, best_val, elapsed_before = ckpt["step"], ckpt["best_val_loss"], ckpt["elapsed"]
+        args.optimizer = saved.get("optimizer") or "adamw"
     else:
         model, ckpt, tokenizer_state = None, None, None
         preset, B, T = args.preset or "cpu", args.B or 12, args.T or 64
@@ -353,6 +360,7 @@ def main(argv=None):
             raise UsageError(f"unknown preset {preset!r} for {args.model_type}: choose one of "
                              f"{', '.join(module.PRESETS)}")
         tokens_per_step = args.total_batch_size or B * T * world
+        args.optimizer = args.optimizer or "adamw"
         start_step, best_val, elapsed_before = 0, float("inf"), 0.0
 
     # tokens per optimizer step = B * T * ranks * accumulation steps: accumulation adapts to the number of ranks
@@ -406,11 +414,14 @@ def main(argv=None):
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     autocast = torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
-    # the optimizer, and its state when resuming
-    optimizer = model.configure_optimizers(args.weight_decay, args.max_lr, (args.beta1, args.beta2), device_type)
+    # the optimizers (AdamW, or AdamW and Muon), and their state when resuming
+    optimizers = muon.optimizers(model, args, device_type) if args.optimizer == "muon" else [
+        model.configure_optimizers(args.weight_decay, args.max_lr, (args.beta1, args.beta2), device_type)]
+    for group in optimizers[-1].param_groups if args.optimizer == "muon" else []:
+        group["lr_scale"] = args.muon_lr / args.max_lr  # Muon follows the schedule at its own scale
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "fp16")
     if ckpt:
-        parallel.load_optimizer_state(model, optimizer, ckpt["optimizer"])
+        parallel.load_optimizer_state(model, optimizers, ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
 
     # logging: a new run starts a new log.jsonl, a resumed one keeps the records up to its checkpoint's step
@@ -463,7 +474,7 @@ def main(argv=None):
             raise UsageError(f"{what} is {value} at step {step}: stopped; {kept}. Try a lower --max_lr or --dtype fp32")
 
     def save(step, elapsed):
-        weights, optimizer_state = parallel.full_state(model, optimizer)  # every rank: FSDP gathers the shards
+        weights, optimizer_state = parallel.full_state(model, optimizers)  # every rank: FSDP gathers the shards
         if master:
             save_checkpoint(ckpt_path, {
                 "model_type": args.model_type, "config": dataclasses.asdict(model.config), "model": weights,
@@ -475,8 +486,8 @@ def main(argv=None):
     for step in range(start_step, args.max_steps):
         t0 = time.perf_counter()
         lr = lr_at(step, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in (group for optimizer in optimizers for group in optimizer.param_groups):
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         # this rank's micro-batches of the global batch: rank r takes blocks r, r + ranks, ...
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum_steps):
@@ -486,16 +497,18 @@ def main(argv=None):
                 loss = trained(x, y)[1] / accum_steps
             scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
-        scaler.unscale_(optimizer)
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
         norm = parallel.clip_grad_norm(model, args.grad_clip or float("inf"))  # inf: measure, do not clip
         flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device)])
         if ddp:  # mean loss over ranks, and whether any rank was asked to stop
             dist.all_reduce(flags)
         loss, stop_votes = flags[0].item() / world, flags[1].item()
         stop_if_not_finite("loss", loss, step + 1)
-        scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
         for moe in moe_layers:
             if hasattr(moe, "update_bias"):  # DeepSeek-V3's balancing bias, where the MoE has one
                 moe.update_bias()
