@@ -426,6 +426,7 @@ def mla_from_hub(model, take, hub_config):
 
 FAMILIES = {  # architecture: its family; export writes a model as the first whose model file and `exports` fit it
     "GPT2LMHeadModel": Family("gpt2", gpt, GPT2_KEYS, gpt_to_hub, gpt_from_hub, ties="always", read=gpt2_read,
+                              write=lambda model, c, hub, arch: hub.update(n_ctx=c.block_size),  # older tools read it
                               prepare=gpt2_prepare),
     "LlamaForCausalLM": Family("llama", modern_gpt, LLAMA_KEYS, llama_to_hub, llama_from_hub, rope=LLAMA3,
                                read=attention_read, explicit=explicit_sizes, exports=lambda c: not c.qk_norm),

@@ -57,7 +57,8 @@ def load_pretrained(init, weights=None, cache_dir=DEFAULT_CACHE, device="cpu"):
 
 
 def main(argv=None):
-    parser = load_hf.ArgumentParser(description="Load OpenAI's GPT-2 weights into gpt.py and generate text.")
+    parser = load_hf.ArgumentParser(prog="load_gpt2.py", description="Load OpenAI's GPT-2 weights into gpt.py and "
+                                    "generate text.")
     parser.add_argument("--model", default="gpt2", choices=HUB_REPOS,
                         help="which GPT-2 (its size, when no config.json)")
     parser.add_argument("--weights", help="local .safetensors file or Hugging Face folder (no network used)")

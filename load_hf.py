@@ -251,9 +251,8 @@ def tokenizer_for(folder, model):
 
 def eos_ids(folder):
     """The end-of-text ids of generation_config.json, else config.json (an int or a list), as a set."""
-    for name in ("generation_config.json", "config.json"):
-        eos = read_json(os.path.join(folder, name)).get("eos_token_id") if os.path.exists(
-            os.path.join(folder, name)) else None
+    for path in (os.path.join(folder, "generation_config.json"), os.path.join(folder, "config.json")):
+        eos = read_json(path).get("eos_token_id") if os.path.exists(path) else None
         if eos is not None:
             return set(eos if isinstance(eos, list) else [eos])
     return set()
@@ -282,7 +281,7 @@ def hub_view(cfg):
                                                     or rope.get("original_max_position_embeddings")
                                                     or cfg.get("max_position_embeddings"))
     rope = {k: v for k, v in rope.items() if v or k not in ("beta_fast", "beta_slow")}  # 0, null: the default
-    view = {"num_experts": cfg.get("num_local_experts"), **cfg}
+    view = {"num_experts": cfg["num_local_experts"], **cfg} if "num_local_experts" in cfg else cfg
     return {**view, **{f"rope_parameters.{key}": value for key, value in rope.items()}}
 
 
@@ -302,10 +301,11 @@ def read_config(cfg, arch, block_size=None):
         raise refuse(arch, "rope_type", kind, f"{file} computes {' and '.join(rope)} RoPE only")
     fields = {}
     for row in family.keys + rope.get(kind, ()):
-        value = view.get(row[0])
         if isinstance(row, Ours):
             fields[row.field] = row.value
-        elif isinstance(row, Fixed):
+            continue
+        value = view.get(row.hub)
+        if isinstance(row, Fixed):
             if value is not None and value != row.value:
                 raise refuse(arch, row.hub, value, row.why.format(file=file))
         else:
@@ -549,22 +549,25 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message):
-        print(f"error: {message} (--help lists the options)", file=sys.stderr)
+        print(f"error: {message} (python {self.prog} --help lists the options)", file=sys.stderr)
         sys.exit(2)
 
 
 def add_common_options(parser):
     """The options load_gpt2.py shares: sampling (each checked for its range), device, download."""
-    parser.add_argument("--max_new_tokens", type=bounded(int, 0), default=50, help="tokens to generate")
-    parser.add_argument("--temperature", type=bounded(float, 0), default=0.8, help="0 = greedy")
-    parser.add_argument("--top_k", type=bounded(int, 0), default=50, help="sample among the k likeliest (0 = all)")
+    parser.add_argument("--max_new_tokens", type=bounded(int, 0), default=50, help="tokens to generate, >= 0")
+    parser.add_argument("--temperature", type=bounded(float, 0), default=0.8,
+                        help="divides the logits before sampling, >= 0 (0 = greedy)")
+    parser.add_argument("--top_k", type=bounded(int, 0), default=50,
+                        help="sample among the k likeliest tokens, >= 0 (0 = all)")
     parser.add_argument("--top_p", type=bounded(float, 0, 1, low_open=True),
-                        help="sample among the likeliest tokens of this much probability (default: all)")
-    parser.add_argument("--num_samples", type=bounded(int, 1), default=1, help="continuations of the prompt")
-    parser.add_argument("--seed", type=int, default=1337, help="of the sampling")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="to run on")
+                        help="sample among the likeliest tokens holding this probability, in (0, 1] (default: all)")
+    parser.add_argument("--num_samples", type=bounded(int, 1), default=1, help="continuations of the prompt, >= 1")
+    parser.add_argument("--seed", type=int, default=1337, help="of the random sampling")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="to run on: cuda, cpu, mps")
     parser.add_argument("--timeout", type=bounded(float, 0, low_open=True), default=30,
-                        help="seconds to wait for the server")
+                        help="seconds to wait for the server, > 0")
     parser.add_argument("--cache_dir", default=DEFAULT_CACHE, help="where downloads are kept")
 
 
@@ -577,8 +580,8 @@ def token_ids(text):
 
 
 def main(argv=None):
-    parser = ArgumentParser(description="Run a Hugging Face checkpoint with this project's model files, or write a "
-                                        "model in Hugging Face's layout.")
+    parser = ArgumentParser(prog="load_hf.py", description="Run a Hugging Face checkpoint with this project's "
+                            "model files, or write a model in Hugging Face's layout.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="a hub name, e.g. HuggingFaceTB/SmolLM2-135M (downloaded once), or gpt2")
     source.add_argument("--weights", help="a local Hugging Face folder (no network used)")
@@ -588,8 +591,8 @@ def main(argv=None):
     parser.add_argument("--prompt_ids", type=token_ids, help="comma-separated token ids instead of --prompt (a "
                                                              "checkpoint without tokenizer.json); prints ids")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="of the weights (bfloat16 halves memory)")
-    parser.add_argument("--block_size", type=bounded(int, 1), help=f"context length, rotary tables and KV cache "
-                        f"(default: max_position_embeddings, at most {DEFAULT_BLOCK_SIZE})")
+    parser.add_argument("--block_size", type=bounded(int, 1), help=f"context length, rotary tables and KV cache, >= "
+                        f"1 (default: max_position_embeddings, at most {DEFAULT_BLOCK_SIZE})")
     add_common_options(parser)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
