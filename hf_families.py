@@ -55,6 +55,7 @@ class Ours(NamedTuple):
 
 
 class Family(NamedTuple):
+    """One architecture: its model file, its table, its tensor maps, and hooks for what relates several keys."""
     model_type: str  # config.json's model_type
     module: Any  # the model file
     keys: tuple  # Key, Fixed and Ours rows
@@ -105,8 +106,8 @@ def gpt2_prepare(state, config):
     for key in [k for k in state if k.endswith((".attn.bias", ".attn.masked_bias"))]:
         del state[key]
     if "wpe.weight" in state and state["wpe.weight"].size(0) < config.block_size:
-        raise ValueError(f"--block_size {config.block_size}: GPT-2 learned {state['wpe.weight'].size(0)} positions, "
-                         f"no more")
+        raise ValueError(f"block_size {config.block_size}: this GPT-2 learned {state['wpe.weight'].size(0)} "
+                         f"positions, no more")
     if "wpe.weight" in state:
         state["wpe.weight"] = state["wpe.weight"][:config.block_size]
 
@@ -160,11 +161,12 @@ def attention_read(view, fields, arch):
     if other:
         raise refuse(arch, "layer_types", other[0], "the model file attends to the whole context in every layer")
     if fields.get("rope_high_freq_factor", 4.0) <= fields.get("rope_low_freq_factor", 1.0):
-        raise refuse(arch, "high_freq_factor", fields["rope_high_freq_factor"], "it must exceed low_freq_factor")
+        raise refuse(arch, "rope_parameters.high_freq_factor", fields["rope_high_freq_factor"],
+                     "it must exceed low_freq_factor")
 
 
 def explicit_sizes(model, module):
-    """The config with the sizes it derives written out: the head size and the SwiGLU widths."""
+    """The config with the sizes it derives written out (the head size, the SwiGLU widths; Qwen3-MoE's too)."""
     c = model.config
     sizes = {"head_dim": model.h[0].attn.head_dim, "multiple_of": 1,
              "mlp_hidden": module.swiglu_hidden(c.n_embd, c.mlp_hidden, c.multiple_of)}
@@ -188,9 +190,8 @@ def llama_to_hub(model, names=LLAMA_NAMES):
     state = model.state_dict()
     hub = {h: state[o] for o, h in renames(model, names)}
     for i, block in enumerate(model.h):  # c_attn cut into q, k and v
-        a = block.attn
-        for x, w in zip("qkv", state[f"h.{i}.attn.c_attn.weight"].split([a.n_head * a.head_dim] + 2 * [
-                a.n_kv_head * a.head_dim])):
+        q, kv = block.attn.n_head * block.attn.head_dim, block.attn.n_kv_head * block.attn.head_dim
+        for x, w in zip("qkv", state[f"h.{i}.attn.c_attn.weight"].split([q, kv, kv])):
             hub[f"model.layers.{i}.self_attn.{x}_proj.weight"] = w
     return hub
 
@@ -310,30 +311,39 @@ MLA_NAMES = (("norm_1.weight", "input_layernorm.weight"), ("norm_2.weight", "pos
 def deepseek_read(view, fields, arch):
     if view.get("num_key_value_heads") not in (None, fields["n_head"]):
         raise refuse(arch, "num_key_value_heads", view["num_key_value_heads"], "MLA has one latent for all heads")
-    if fields["gate"] == "softmax":  # V2 zeroes the other groups' scores, mla_moe.py -inf: the same choice while
-        method = view.get("topk_method") or "greedy"  # the kept groups hold top_k experts
+    if fields["gate"] == "softmax":
+        method = view.get("topk_method") or "greedy"
         if method not in ("greedy", "group_limited_greedy"):
             raise refuse(arch, "topk_method", method, "DeepSeek-V2 routes by greedy or group_limited_greedy")
         if method == "greedy":
             fields["n_group"] = fields["topk_group"] = 1
         kept = fields["topk_group"] * ((fields["n_routed_experts"] or 0) // fields["n_group"])
-        if kept < (fields["top_k"] or 0):
+        if kept < (fields["top_k"] or 0):  # V2 zeroes the other groups' scores, mla_moe.py -inf: the same choice
             raise refuse(arch, "topk_group", fields["topk_group"], f"{kept} experts in the kept groups, < top_k")
     if fields["first_dense_layers"] < fields["n_layer"] and not (fields["n_routed_experts"] and fields["top_k"]):
         raise ValueError(f"{arch}: config.json sets no n_routed_experts / num_experts_per_tok for its MoE blocks")
     fields["n_routed_experts"], fields["top_k"] = fields["n_routed_experts"] or 1, fields["top_k"] or 1
     if view["rope_parameters.rope_type"] == "yarn":
-        factor = fields["rope_scaling_factor"] = (fields["rope_scaling_factor"]  # block_size: still config.json's
-                                                  or fields["block_size"] / fields["rope_original_len"])
-        mscale, attention_factor = view.get("rope_parameters.mscale"), view.get("rope_parameters.attention_factor")
-        if attention_factor is None:  # transformers' default, get_mscale(mscale) / get_mscale(mscale_all_dim)
-            def get_mscale(m):
-                return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
-            both = mscale and fields["rope_mscale"]
-            attention_factor = get_mscale(mscale) / get_mscale(fields["rope_mscale"]) if both else get_mscale(1.0)
-        if abs(attention_factor - 1.0) > 1e-12:
-            raise refuse(arch, "yarn attention_factor", attention_factor, f"mla_moe.py does not scale cos and sin "
-                         f"(mscale {mscale} must equal mscale_all_dim {fields['rope_mscale']})")
+        yarn_read(view, fields, arch)
+
+
+def yarn_read(view, fields, arch):
+    """factor, absent, is max_position_embeddings / original (block_size is still config.json's here); cos and sin
+    must stay unscaled: attention_factor 1, which transformers' default get_mscale(mscale) / get_mscale(mscale_all_dim)
+    is when the two are equal."""
+    factor = fields["rope_scaling_factor"] = fields["rope_scaling_factor"] or (fields["block_size"]
+                                                                               / fields["rope_original_len"])
+
+    def get_mscale(m):
+        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+    mscale, attention_factor = view.get("rope_parameters.mscale"), view.get("rope_parameters.attention_factor")
+    if attention_factor is None:
+        both = mscale and fields["rope_mscale"]
+        attention_factor = get_mscale(mscale) / get_mscale(fields["rope_mscale"]) if both else get_mscale(1.0)
+    if abs(attention_factor - 1.0) > 1e-12:
+        raise refuse(arch, "yarn attention_factor", attention_factor, f"mla_moe.py does not scale cos and sin "
+                     f"(mscale {mscale} must equal mscale_all_dim {fields['rope_mscale']})")
 
 
 def deepseek_write(model, c, hub, arch):

@@ -1,6 +1,6 @@
 """
 load_hf.py - Hugging Face checkpoints of every family into the matching model file, text in and out with the
-checkpoint's tokenizer.json; hf_export.py writes any of these models back in Hugging Face's layout.
+checkpoint's tokenizer.json, and any of these models written back in Hugging Face's layout (--export).
 
     config.json "architectures"        model file       released checkpoints
     GPT2LMHeadModel                    gpt.py           openai-community/gpt2 (-medium, -large, -xl)
@@ -10,14 +10,13 @@ checkpoint's tokenizer.json; hf_export.py writes any of these models back in Hug
     DeepseekV3ForCausalLM              mla_moe.py       Moonlight-16B-A3B, DeepSeek-V3 (bf16 copies; FP8 refused)
     DeepseekV2ForCausalLM              mla_moe.py       DeepSeek-V2-Lite, DeepSeek-V2
 
-First the pipeline: download (a hub name goes once into ~/.cache/nanodecoder/OWNER/NAME, streamed, resumable,
-size-checked, with HF_TOKEN for gated repositories), read the files (safetensors or its shards, or a .bin read
-with weights_only=True: nothing is unpickled), read config.json through the family's table (v5's rope_parameters
-or v4's rope_theta + rope_scaling), check every tensor's name and shape, convert, generate. Then one section per
-family: its table of config.json keys (Key: a key is a config field, absent it means the default; Fixed: a
-setting the model file computes one way only, any other value refused by name; Ours: a field the architecture
-fixes), which hf_export.py runs backwards, and its table of tensor names. FAMILIES lists them. What loads
-computes what transformers computes (logits within 1e-4 in float32: tests/test_load_hf.py).
+This file is the pipeline, hf_families.py the families it reads. In order: download (a hub name goes once into
+~/.cache/nanodecoder/OWNER/NAME, streamed, resumable, size-checked, with HF_TOKEN for gated repositories), read
+the files (safetensors or its shards, or a .bin read with weights_only=True: nothing is unpickled), read
+config.json through the family's table (v5's rope_parameters or v4's rope_theta + rope_scaling), where a setting
+the model file cannot compute is refused by name, check every tensor's name and shape, convert; export runs the
+same tables backwards; then the command line. What loads computes what transformers computes (logits within
+1e-4 in float32: tests/test_load_hf.py).
 
 block_size sizes the rotary tables and the preallocated KV cache: min(max_position_embeddings, 4096) unless
 --block_size says otherwise (longer generations slide the window, as the model files do).
@@ -382,9 +381,9 @@ def from_hf(hub_config, hub_state, dtype=torch.float32, block_size=None, name="g
     """The model file's model (eval mode, on the CPU) for config.json `hub_config` (a dict; None: GPT-2 preset
     `name`) and a state dict with Hugging Face names. hub_state is emptied on the way, to keep memory at one copy."""
     arch = architecture(hub_config) if hub_config is not None else "GPT2LMHeadModel"
-    family, config = FAMILIES[arch], config_from_hub(None, name, block_size)
-    if hub_config is not None:
-        config = read_config(hub_config, arch, block_size)
+    family = FAMILIES[arch]
+    config = config_from_hub(None, name, block_size) if hub_config is None else read_config(hub_config, arch,
+                                                                                            block_size)
     state = normalize(hub_state, family, config)
     hub_state.clear()
     embedding = state.get("model.embed_tokens.weight", state.get("wte.weight"))
