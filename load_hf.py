@@ -318,9 +318,6 @@ def read_config(cfg, arch, block_size=None):
     if family.read:
         family.read(view, fields, arch)
     fields["block_size"] = block_size or min(fields["block_size"], DEFAULT_BLOCK_SIZE)
-    for field in dataclasses.fields(family.module.Config):  # JSON writes 1e6 as 1000000: a float field stays float
-        if field.type is float and type(fields.get(field.name)) is int:
-            fields[field.name] = float(fields[field.name])
     return family.module.Config(**fields)
 
 
