@@ -560,11 +560,22 @@ def add_common_options(parser):
                         help="sample among the likeliest tokens holding this probability, in (0, 1] (default: all)")
     parser.add_argument("--num_samples", type=bounded(int, 1), default=1, help="continuations of the prompt, >= 1")
     parser.add_argument("--seed", type=int, default=1337, help="of the random sampling")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="to run on: cuda, cpu, mps")
     parser.add_argument("--timeout", type=bounded(float, 0, low_open=True), default=30,
                         help="seconds to wait for the server, > 0")
     parser.add_argument("--cache_dir", default=DEFAULT_CACHE, help="where downloads are kept")
+
+
+def device_arg(text):
+    """--device: one torch knows and this machine has."""
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no device: use cuda, cpu or mps") from None
+    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text} is not available on this machine: use cpu")
+    return text
 
 
 def token_ids(text):

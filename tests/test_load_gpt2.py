@@ -10,7 +10,6 @@ import pytest
 import requests
 import torch
 import torch.nn.functional as F
-from cli_checks import one_line_error, run_script
 from safetensors.torch import load_file, save_file
 
 import gpt
@@ -161,21 +160,6 @@ def test_checkpoint_with_char_tokenizer_is_refused_for_fine_tuning(tmp_path):
         load_gpt2.load_pretrained(str(tmp_path / "ckpt.pt"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_gpt2.load_pretrained(str(tmp_path / "nothing.pt"))
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--max_new_tokens", "-3"], "argument --max_new_tokens: -3 is not an integer >= 0"),
-    (["--temperature", "-1"], "argument --temperature: -1 is not a finite number >= 0"),
-    (["--top_k", "-2"], "argument --top_k: -2 is not an integer >= 0"),
-    (["--top_p", "2"], "argument --top_p: 2 is not a finite number in (0, 1]"),
-    (["--num_samples", "0"], "argument --num_samples: 0 is not an integer >= 1"),
-    (["--timeout", "-5"], "argument --timeout: -5 is not a finite number > 0"),
-    (["--model", "gpt5"], ("argument --model: invalid choice: 'gpt5' (choose from 'gpt2', 'gpt2-medium', "
-                           "'gpt2-large', 'gpt2-xl')")),
-])
-def test_each_bad_option_is_one_line_naming_it_and_its_range(args, message):
-    assert one_line_error(run_script("load_gpt2.py", *args)) == f"error: {message} (python load_gpt2.py --help " \
-                                                                   f"lists the options)"
 
 
 # ----------------------------------------------------------------------------- downloads

@@ -390,7 +390,9 @@ def bad_inputs(tmp_path, saved):
 
 
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(saved, tmp_path, capsys):
-    for what, (weights, message) in bad_inputs(tmp_path, saved).items():
+    inputs = bad_inputs(tmp_path, saved)
+    capsys.readouterr()  # what saving the checkpoints printed (transformers' progress), when this test made them
+    for what, (weights, message) in inputs.items():
         for main in (load_hf.main, load_gpt2.main):
             with pytest.raises(SystemExit) as exit_:
                 main(["--weights", weights, "--max_new_tokens", "2"])
@@ -400,27 +402,36 @@ def test_bad_input_is_one_line_on_stderr_and_exit_code_2(saved, tmp_path, capsys
     assert "neither safetensors" in one_line_error(run_script("load_hf.py", "--weights", str(tmp_path / "notes.txt")))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--max_new_tokens", "-1"], "argument --max_new_tokens: -1 is not an integer >= 0"),  # token counts
-    (["--temperature", "-0.5"], "argument --temperature: -0.5 is not a finite number >= 0"),  # 0 = greedy
-    (["--temperature", "inf"], "argument --temperature: inf is not a finite number >= 0"),
-    (["--top_k", "-1"], "argument --top_k: -1 is not an integer >= 0"),  # 0 = off
-    (["--top_k", "three"], "argument --top_k: invalid int value: 'three'"),
-    (["--top_p", "1.5"], "argument --top_p: 1.5 is not a finite number in (0, 1]"),
-    (["--top_p", "0"], "argument --top_p: 0 is not a finite number in (0, 1]"),
-    (["--num_samples", "0"], "argument --num_samples: 0 is not an integer >= 1"),  # sizes
-    (["--block_size", "0"], "argument --block_size: 0 is not an integer >= 1"),
-    (["--timeout", "0"], "argument --timeout: 0 is not a finite number > 0"),
-    (["--timeout", "nan"], "argument --timeout: nan is not a finite number > 0"),
-    (["--prompt_ids", "5,x"], "argument --prompt_ids: '5,x' is not a comma-separated list of token ids >= 0"),
-    (["--dtype", "float8"], ("argument --dtype: invalid choice: 'float8' (choose from 'float32', 'bfloat16', "
-                             "'float16')")),
-    (["--model", "a/b", "--weights", "c"], "argument --weights: not allowed with argument --model"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
+@pytest.mark.parametrize("script, args, message", [
+    ("load_hf.py", ["--max_new_tokens", "-1"], "argument --max_new_tokens: -1 is not an integer >= 0"),  # counts
+    ("load_hf.py", ["--temperature", "-0.5"], "argument --temperature: -0.5 is not a finite number >= 0"),  # 0: greedy
+    ("load_hf.py", ["--temperature", "inf"], "argument --temperature: inf is not a finite number >= 0"),
+    ("load_hf.py", ["--top_k", "-1"], "argument --top_k: -1 is not an integer >= 0"),  # 0: off
+    ("load_hf.py", ["--top_k", "three"], "argument --top_k: invalid int value: 'three'"),
+    ("load_hf.py", ["--top_p", "1.5"], "argument --top_p: 1.5 is not a finite number in (0, 1]"),
+    ("load_hf.py", ["--top_p", "0"], "argument --top_p: 0 is not a finite number in (0, 1]"),
+    ("load_hf.py", ["--num_samples", "0"], "argument --num_samples: 0 is not an integer >= 1"),  # sizes
+    ("load_hf.py", ["--block_size", "0"], "argument --block_size: 0 is not an integer >= 1"),
+    ("load_hf.py", ["--timeout", "0"], "argument --timeout: 0 is not a finite number > 0"),
+    ("load_hf.py", ["--timeout", "nan"], "argument --timeout: nan is not a finite number > 0"),
+    ("load_hf.py", ["--prompt_ids", "5,x"], ("argument --prompt_ids: '5,x' is not a comma-separated list of token "
+                                             "ids >= 0")),
+    ("load_hf.py", ["--dtype", "float8"], ("argument --dtype: invalid choice: 'float8' (choose from 'float32', "
+                                           "'bfloat16', 'float16')")),
+    ("load_hf.py", ["--model", "a/b", "--weights", "c"], "argument --weights: not allowed with argument --model"),
+    ("load_hf.py", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("load_hf.py", ["--device", "gpu"], "argument --device: 'gpu' is no device: use cuda, cpu or mps"),
+    ("load_gpt2.py", ["--max_new_tokens", "-3"], "argument --max_new_tokens: -3 is not an integer >= 0"),
+    ("load_gpt2.py", ["--temperature", "-1"], "argument --temperature: -1 is not a finite number >= 0"),
+    ("load_gpt2.py", ["--top_k", "-2"], "argument --top_k: -2 is not an integer >= 0"),
+    ("load_gpt2.py", ["--top_p", "2"], "argument --top_p: 2 is not a finite number in (0, 1]"),
+    ("load_gpt2.py", ["--num_samples", "0"], "argument --num_samples: 0 is not an integer >= 1"),
+    ("load_gpt2.py", ["--timeout", "-5"], "argument --timeout: -5 is not a finite number > 0"),
+    ("load_gpt2.py", ["--model", "gpt5"], ("argument --model: invalid choice: 'gpt5' (choose from 'gpt2', "
+                                           "'gpt2-medium', 'gpt2-large', 'gpt2-xl')")),
 ])
-def test_each_bad_option_is_one_line_naming_it_and_its_range(args, message):
-    assert one_line_error(run_script("load_hf.py", *args)) == f"error: {message} (python load_hf.py --help lists " \
-                                                                 f"the options)"
+def test_each_bad_option_is_one_line_naming_it_and_its_range(script, args, message):
+    assert one_line_error(run_script(script, *args)) == f"error: {message} (python {script} --help lists the options)"
 
 
 # ----------------------------------------------------------------------------- the hub
