@@ -2,17 +2,16 @@
 load_gpt2.py - OpenAI's GPT-2 weights (gpt2, gpt2-medium, gpt2-large, gpt2-xl) in gpt.py's GPT, and the
 starting point of the two fine-tunes (LLMs-from-scratch ch05's path).
 
-A thin front to load_hf.py, which holds the download (streamed, resumable, size-checked), the reading of
-safetensors or PyTorch files and the mapping of GPT-2's names: OpenAI's GPT-2 (Radford et al. 2019) stores its
-four Linear layers per block as "Conv1D" with weights of shape (in, out), the transpose of nn.Linear's (out, in);
-everything else maps name for name (gpt.py uses OpenAI's names), and the output head is tied to wte. Without a
-config.json beside a bare weights file, --model names the size.
+A thin front to load_hf.py, which holds the download (streamed, resumable, size-checked) and the reading of
+safetensors or PyTorch files, and to hf_families.py, which maps GPT-2's names: OpenAI's GPT-2 (Radford et al.
+2019) stores its four Linear layers per block as "Conv1D" with weights of shape (in, out), the transpose of
+nn.Linear's (out, in); everything else maps name for name (gpt.py uses OpenAI's names), and the output head is
+tied to wte. Without a config.json beside a bare weights file, --model names the size.
 
     python load_gpt2.py --model gpt2 --prompt "Hello, I'm a language model,"
     python load_gpt2.py --weights path/to/gpt2 --prompt "Hello"    # offline
     python load_gpt2.py --ckpt out/ckpt.pt --export out/hf-gpt2     # a train.py model, in GPT-2's layout
 """
-import argparse
 import os
 import sys
 
@@ -20,16 +19,7 @@ import torch
 
 import gpt
 import load_hf
-from load_hf import (  # noqa: F401 (load_gpt2's names, used by the fine-tunes and tests)
-    DEFAULT_CACHE,
-    HUB_REPOS,
-    config_from_hub,
-    download,
-    export_gpt2,
-    fetch_gpt2,
-    gpt_from_hub,
-    read_weights,
-)
+from load_hf import DEFAULT_CACHE, HUB_REPOS, config_from_hub, download, fetch_gpt2, read_weights  # noqa: F401
 
 
 def load_gpt2(name="gpt2", weights=None, cache_dir=DEFAULT_CACHE, timeout=30, device="cpu"):
@@ -43,15 +33,11 @@ def load_gpt2(name="gpt2", weights=None, cache_dir=DEFAULT_CACHE, timeout=30, de
     return load_hf.from_hf(hub_config, hub_state, name=name).to(device).eval()
 
 
-def gpt_state_dict(hub_state, model):
-    """Map a Hugging Face GPT-2 state dict onto `model`'s names (no "transformer." prefix, no mask buffers,
-    Conv1D weights transposed), every name and shape checked. model.load_state_dict(strict=True) accepts it."""
-    state = load_hf.normalize(dict(hub_state), "GPT2LMHeadModel", model.config.n_layer)
-    head = state.pop("lm_head.weight", None)
-    if head is not None and not torch.equal(head, state.get("wte.weight")):
-        raise ValueError("the weights hold an lm_head.weight apart from wte.weight: gpt.py always ties the two")
-    load_hf.check_tensors(state, {k: t.shape for k, t in load_hf.gpt_to_hub(model).items()}, "GPT2LMHeadModel")
-    return gpt_from_hub(model, lambda name: state.pop(name).to(model.wte.weight.dtype))
+def export_gpt2(model, folder):
+    """Write gpt.py's `model` as Hugging Face GPT-2 files (Conv1D layout, no head: it is tied)."""
+    if not isinstance(model, gpt.GPT):
+        raise TypeError(f"export_gpt2 writes gpt.py's GPT, not {type(model).__name__}: use load_hf.export")
+    return load_hf.export(model, folder)
 
 
 def load_pretrained(init, weights=None, cache_dir=DEFAULT_CACHE, device="cpu"):
@@ -71,22 +57,15 @@ def load_pretrained(init, weights=None, cache_dir=DEFAULT_CACHE, device="cpu"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Load OpenAI's GPT-2 weights into gpt.py and generate text.")
+    parser = load_hf.ArgumentParser(prog="load_gpt2.py", description="Load OpenAI's GPT-2 weights into gpt.py and "
+                                    "generate text.")
     parser.add_argument("--model", default="gpt2", choices=HUB_REPOS,
                         help="which GPT-2 (its size, when no config.json)")
     parser.add_argument("--weights", help="local .safetensors file or Hugging Face folder (no network used)")
     parser.add_argument("--ckpt", help="a gpt checkpoint from train.py instead (e.g. to --export it)")
-    parser.add_argument("--cache_dir", default=DEFAULT_CACHE, help="where downloads are kept")
-    parser.add_argument("--timeout", type=float, default=30, help="seconds to wait for the server")
     parser.add_argument("--export", metavar="DIR", help="write the model as model.safetensors + config.json")
-    parser.add_argument("--prompt", default="Hello, I'm a language model,")
-    parser.add_argument("--max_new_tokens", type=int, default=50)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top_k", type=int, default=50)
-    parser.add_argument("--top_p", type=float, default=None)
-    parser.add_argument("--num_samples", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue")
+    load_hf.add_common_options(parser)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     try:
@@ -96,6 +75,8 @@ def main(argv=None):
             model = load_gpt2(args.model, args.weights, args.cache_dir, args.timeout, args.device)
             tokenizer = gpt.Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
+        if not prompt:
+            raise ValueError("--prompt is empty: give text to continue")
         print(f"{args.ckpt or args.weights or args.model}: {model.param_counts()['total'] / 1e6:.2f}M parameters, "
               f"{model.config}")
         if args.export:
