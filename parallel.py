@@ -13,6 +13,7 @@ writes it), so a run saved in one mode resumes in the other, on any number of ra
 Gradient checkpointing recomputes each block in backward instead of keeping its activations.
 """
 import contextlib
+import os
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,42 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
+from data import UsageError
+
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors on the CPU, on rank 0
+
+
+def start(device, dtype, fsdp):
+    """(mode, rank, world, device, device_type, dtype). Under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set) one
+    process per device, in a process group (nccl on GPUs, gloo on CPUs); mode is "ddp", "fsdp" or None (one
+    process). device auto: cuda > mps > cpu; dtype auto: bf16 autocast where the GPU has it, fp16 with a
+    GradScaler on older CUDA GPUs, else fp32. TF32 matmuls are on."""
+    distributed, local_rank = "RANK" in os.environ, int(os.environ.get("LOCAL_RANK", "0"))
+    if fsdp and not distributed:
+        raise UsageError("--fsdp shards the model over torchrun's ranks: run under torchrun --nproc_per_node N")
+    asked = device
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else (
+            "mps" if torch.backends.mps.is_available() else "cpu")
+    device_type = device.split(":")[0]
+    if device_type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {asked}: use auto, cpu, cuda, cuda:N or mps")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps asked for, but PyTorch sees no Apple GPU: use --device cpu")
+    if dtype == "auto":  # bf16 where the hardware has it; fp16 (with a GradScaler) on older GPUs
+        dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device_type == "cuda" else "fp32"
+    if dtype == "fp16" and device_type != "cuda":
+        raise UsageError("--dtype fp16 needs a CUDA GPU (it trains with a GradScaler): use bf16 or fp32")
+    if distributed:
+        if device_type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls
+    torch.backends.cudnn.allow_tf32 = True
+    mode = ("fsdp" if fsdp else "ddp") if distributed else None
+    return mode, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), device, device_type, dtype
 
 
 def wrap(model, mode, device, bf16, compile_model):

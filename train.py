@@ -170,26 +170,6 @@ def parse_args(argv):
 
 # ----------------------------------------------------------------------------- the pieces main() calls
 
-def pick_device_and_dtype(args, local_rank):
-    device = args.device
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else (
-            "mps" if torch.backends.mps.is_available() else "cpu")
-    device_type = device.split(":")[0]
-    if device_type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {args.device}: use auto, cpu, cuda, cuda:N or mps")
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
-    if device_type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps asked for, but PyTorch sees no Apple GPU: use --device cpu")
-    dtype = args.dtype
-    if dtype == "auto":  # bf16 where the hardware has it; fp16 (with a GradScaler) on older GPUs
-        dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device_type == "cuda" else "fp32"
-    if dtype == "fp16" and device_type != "cuda":
-        raise UsageError("--dtype fp16 needs a CUDA GPU (it trains with a GradScaler): use bf16 or fp32")
-    return device, device_type, dtype
-
-
 def check_out_dir(args, rank):
     """out_dir must be a writable folder, and not hold another run unless --resume or --overwrite says so."""
     ckpt_path, log_path = os.path.join(args.out_dir, "ckpt.pt"), os.path.join(args.out_dir, "log.jsonl")
@@ -323,20 +303,9 @@ class StopSignal:
 def main(argv=None):
     args, module, overrides = parse_args(sys.argv[1:] if argv is None else argv)
 
-    # device, and one process per device under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set): DDP or FSDP2
-    ddp = "RANK" in os.environ
-    mode = ("fsdp" if args.fsdp else "ddp") if ddp else None
-    if args.fsdp and not ddp:
-        raise UsageError("--fsdp shards the model over torchrun's ranks: run under torchrun --nproc_per_node N")
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    master = rank == 0  # rank 0 alone prints, logs and writes
-    device, device_type, dtype = pick_device_and_dtype(args, int(os.environ.get("LOCAL_RANK", "0")))
-    if ddp:
-        if device_type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls
-    torch.backends.cudnn.allow_tf32 = True
+    # device and dtype, and one process per device under torchrun: DDP or FSDP2 (parallel.py)
+    mode, rank, world, device, device_type, dtype = parallel.start(args.device, args.dtype, args.fsdp)
+    distributed, master = mode is not None, rank == 0  # rank 0 alone prints, logs and writes
     say = functools.partial(print, flush=True) if master else (lambda *a, **k: None)
 
     ckpt_path, log_path = check_out_dir(args, rank)
@@ -370,12 +339,12 @@ def main(argv=None):
     accum_steps = tokens_per_step // (B * T * world)
 
     # data: the corpus and its tokenizer (data.py); rank 0 learns and caches a BPE and the token ids first
-    if ddp and not master:
+    if distributed and not master:
         dist.barrier()
     try:
         corpus = data.load_corpus(args.data, module, preset, args.tokenizer, tokenizer_state, args.bpe_vocab_size)
     finally:
-        if ddp and master:
+        if distributed and master:
             dist.barrier()
     train_ids, val_ids, tokenizer = corpus.train, corpus.val, corpus.tokenizer
     need = B * T + 1 if corpus.in_order else T + 1  # shards are read B*T + 1 tokens at a time
@@ -501,7 +470,7 @@ def main(argv=None):
             scaler.unscale_(optimizer)
         norm = parallel.clip_grad_norm(model, args.grad_clip or float("inf"))  # inf: measure, do not clip
         flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device)])
-        if ddp:  # mean loss over ranks, and whether any rank was asked to stop
+        if distributed:  # mean loss over ranks, and whether any rank was asked to stop
             dist.all_reduce(flags)
         loss, stop_votes = flags[0].item() / world, flags[1].item()
         stop_if_not_finite("loss", loss, step + 1)
@@ -575,7 +544,7 @@ def main(argv=None):
         say(f"checkpoint {ckpt_path} | log {log_path} | plots {', '.join(plots) or 'none'}")
     if wandb_run:
         wandb_run.finish()
-    if ddp:
+    if distributed:
         dist.barrier()  # rank 0 may still be plotting: tear the group down together
         dist.destroy_process_group()
     sys.exit(130 if outcome == "interrupted" else 0)
