@@ -13,6 +13,7 @@ bpe.py); a resumed run keeps its checkpoint's. The token ids themselves come fro
 load_dataset, so a model file copied alone reads the same data.
 """
 import glob
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -66,20 +67,43 @@ def check_token_files(folder, gpt2):
     return len(gpt2.decode(head.tolist())) * len(ids) / len(head)
 
 
+def rebuild_tokenizer(module, state):
+    """A checkpoint's tokenizer: the model file's (char, gpt2, bpe) or a released model's tokenizer.json."""
+    if state["kind"] == "tokenizer.json":
+        import load_hf  # the tokenizers library reads it; the model files only know tiktoken's BPEs
+        return load_hf.HFTokenizer(**state)
+    return module.Tokenizer(**state)
+
+
+def same_tokenizer(made, tokenizer):
+    """Whether shards made with meta.json's `made` tokenizer hold `tokenizer`'s ids."""
+    if tokenizer.kind == "tokenizer.json":
+        return made["kind"] == "hf" and made["sha256"] == hashlib.sha256(tokenizer.json.encode()).hexdigest()
+    return (made["kind"], [list(m) for m in made.get("merges", ())]) == (tokenizer.kind, [list(m) for m in
+                                                                                           tokenizer.merges])
+
+
 def load_shards(path, module, tokenizer_kind, tokenizer_state):
-    """The Corpus of a folder of llm.c-format shards, with the tokenizer its meta.json names (GPT-2's without)."""
+    """The Corpus of a folder of llm.c-format shards, with the tokenizer its meta.json names (GPT-2's without);
+    a resumed or --init run's tokenizer must be the one the shards were made with."""
     import fineweb  # the shard format's reader and writer
     meta = fineweb.read_meta(path) or {"tokenizer": {"kind": "gpt2"}}
     made = meta["tokenizer"]
     why = "meta.json's" if "source" in meta else "shards without meta.json hold GPT-2 ids, as llm.c's"
-    if made["kind"] not in ("gpt2", "bpe"):
-        raise UsageError(f"{path} holds {made['kind']} tokens: train.py reads shards of GPT-2's BPE or a learned one")
     if tokenizer_kind not in (None, made["kind"]):
         raise UsageError(f"{path} holds {made['kind']} tokens ({why}): drop --tokenizer {tokenizer_kind}")
-    tokenizer = module.Tokenizer(made["kind"], merges=made.get("merges", ()))
-    if tokenizer_state and (tokenizer_state["kind"], [list(m) for m in tokenizer_state["merges"]]) != (
-            tokenizer.kind, [list(m) for m in tokenizer.merges]):
-        raise UsageError(f"{path} holds tokens of another tokenizer than the resumed run's: resume on its own data")
+    if tokenizer_state:
+        tokenizer = rebuild_tokenizer(module, tokenizer_state)
+        if not same_tokenizer(made, tokenizer):
+            raise UsageError(f"{path} holds ids of another tokenizer ({made['kind']}, {why}) than the model's "
+                             f"({tokenizer.kind}): prepare the shards with its tokenizer (fineweb.py --tokenizer)")
+    elif made["kind"] == "hf":
+        import load_hf
+        tokenizer = load_hf.HFTokenizer(made["path"])
+        if not same_tokenizer(made, tokenizer):
+            raise UsageError(f"{made['path']} changed since {path} was made from it: it holds other ids now")
+    else:
+        tokenizer = module.Tokenizer(made["kind"], merges=made.get("merges", ()))
     try:
         train, val = (fineweb.TokenStream(fineweb.shard_paths(path, split)) for split in ("train", "val"))
     except ValueError as err:  # a header that does not match the file
@@ -94,14 +118,36 @@ def load_shards(path, module, tokenizer_kind, tokenizer_state):
     return Corpus(train, val, tokenizer, tokens_per_char, f"{made['kind']}: {why}", in_order=True)
 
 
-def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab_size):
+def hf_token_ids(path, text, tokenizer):
+    """(train, val) ids of a text by a tokenizer.json, 90% of its characters for training, cached beside the text
+    (keyed by the tokenizer's sha256) as uint16, or uint32 where the vocabulary passes 65,536 (Qwen3, Llama 3)."""
+    key = hashlib.sha256(tokenizer.json.encode()).hexdigest()[:16]
+    cache = f"{path}.tokenizer-{key}.npz"
+    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+        with np.load(cache) as saved:
+            return saved["train"], saved["val"]
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    cut = int(0.9 * len(text))
+    train, val = (np.array(tokenizer.encode(part), dtype=dtype) for part in (text[:cut], text[cut:]))
+    try:
+        np.savez(cache + ".tmp.npz", train=train, val=val)
+        os.replace(cache + ".tmp.npz", cache)  # atomic: a reader never sees half a file
+    except OSError:
+        pass  # a read-only folder: tokenize every time
+    return train, val
+
+
+def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab_size, state_why="the resumed run's"):
     """The Corpus at `path` for a run of `preset`: tokenizer_kind is --tokenizer (None: the preset's),
-    tokenizer_state a resumed checkpoint's tokenizer (None for a new run)."""
+    tokenizer_state the tokenizer of a resumed run or of --init's model (state_why says which), else None."""
     folder = os.path.isdir(path)
     if folder and glob.glob(os.path.join(glob.escape(path), "*_train_*.bin")):
         return load_shards(path, module, tokenizer_kind, tokenizer_state)
+    if tokenizer_state and tokenizer_kind not in (None, tokenizer_state["kind"]):
+        raise UsageError(f"--tokenizer {tokenizer_kind}: the model reads {tokenizer_state['kind']} ids "
+                         f"({state_why}): drop --tokenizer")
     if tokenizer_state:
-        kind, why = tokenizer_state["kind"], "the resumed run's"
+        kind, why = tokenizer_state["kind"], state_why
     elif folder:
         kind, why = "gpt2", "train.bin/val.bin hold GPT-2 ids"
         if tokenizer_kind not in (None, "gpt2"):
@@ -112,12 +158,18 @@ def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab
         kind, why = "char", "the cpu preset's, nanoGPT's char-level recipe; --tokenizer gpt2 or bpe to change"
     else:
         kind, why = "gpt2", f"the {preset} preset's; --tokenizer char or bpe to change"
+    if folder and kind != "gpt2":
+        raise UsageError(f"{path} holds GPT-2 ids (train.bin/val.bin): the model reads {kind} ids ({why})")
     if folder:
         val_chars = check_token_files(path, module.Tokenizer("gpt2"))
     else:
         text = check_text(path)
         train_text, val_chars = text[:int(0.9 * len(text))], len(text) - int(0.9 * len(text))
     try:
+        if kind == "tokenizer.json":
+            tokenizer = rebuild_tokenizer(module, tokenizer_state)
+            train, val = hf_token_ids(path, text, tokenizer)
+            return Corpus(train, val, tokenizer, len(val) / val_chars, why)
         if tokenizer_state:
             tokenizer = module.Tokenizer(**tokenizer_state)
         elif kind == "bpe":

@@ -220,25 +220,33 @@ def read_weights(path):
 
 class HFTokenizer:
     """A checkpoint's tokenizer.json, run by the tokenizers library. encode adds what its post-processor adds (the
-    BOS token of Llama 3, TinyLlama, DeepSeek), decode drops special tokens."""
+    BOS token of Llama 3, TinyLlama, DeepSeek), decode drops special tokens. state() carries the file's text, so a
+    train.py checkpoint of a fine-tuned model holds its tokenizer: HFTokenizer(**state) rebuilds it."""
 
-    def __init__(self, path):
+    def __init__(self, path=None, kind="tokenizer.json", json=None):
         try:
             from tokenizers import Tokenizer  # only needed here: the model files use tiktoken
         except ImportError:
             raise ValueError("reading tokenizer.json needs the tokenizers package: pip install tokenizers") from None
         try:
-            self.tokenizer = Tokenizer.from_file(path)
+            if json is None:
+                with open(path, encoding="utf-8") as f:
+                    json = f.read()
+            self.tokenizer = Tokenizer.from_str(json)
         except Exception as err:  # the library raises a plain Exception for a bad file
             why = (str(err).splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"{path} is not a tokenizer.json the tokenizers library reads ({why})") from err
-        self.kind, self.vocab_size = "tokenizer.json", self.tokenizer.get_vocab_size()
+            raise ValueError(f"{path or 'the checkpoint'}'s tokenizer.json is not one the tokenizers library reads "
+                             f"({why})") from err
+        self.kind, self.json, self.vocab_size = kind, json, self.tokenizer.get_vocab_size()
 
     def encode(self, text):
         return self.tokenizer.encode(text).ids
 
     def decode(self, ids):
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def state(self):
+        return {"kind": self.kind, "json": self.json}
 
 
 def tokenizer_for(folder, model):
@@ -447,6 +455,29 @@ def load_train_checkpoint(path, device="cpu"):
     if model_type not in files:
         raise ValueError(f"{path} holds a {model_type!r} model: load_hf.py handles {', '.join(files)}")
     return files[model_type].load_checkpoint(path, device)[:2]
+
+
+def training_source(source, timeout=30):
+    """(local path, model type) of what train.py --init starts from: a train.py checkpoint, a Hugging Face folder,
+    or a hub name, fetched once per machine by its first process (LOCAL_RANK 0) while the others wait for it."""
+    if not os.path.exists(source):
+        folder = os.path.join(DEFAULT_CACHE, *source.split("/"))
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            folder = fetch(source, timeout=timeout)
+        while not os.path.exists(os.path.join(folder, ".complete")):
+            time.sleep(1)
+        source = folder
+    if os.path.isfile(source):
+        try:
+            model_type = torch.load(source, map_location="cpu", weights_only=True, mmap=True).get("model_type")
+        except Exception as err:  # truncated, empty or not a checkpoint
+            raise ValueError(f"{source} is not a readable train.py checkpoint ({type(err).__name__})") from err
+        return source, model_type
+    config = os.path.join(source, "config.json")
+    if not os.path.exists(config):
+        raise FileNotFoundError(f"no config.json in {source}: --init takes a train.py checkpoint, a Hugging Face "
+                                "folder or a hub name")
+    return source, FAMILIES[architecture(read_json(config))].module.MODEL_TYPE
 
 
 # ----------------------------------------------------------------------------- export: the tables backwards

@@ -83,6 +83,15 @@ def moe_line(record):
     return "      moe: " + " | ".join(terms)
 
 
+def idle_experts(loads):
+    """{MoE layer: experts} given less than 1/(10 E) of the tokens over `loads` (steps, layers, experts)."""
+    if not loads:
+        return {}
+    load = np.mean(loads, axis=0)
+    idle = {layer: np.flatnonzero(row < 1 / (10 * len(row))).tolist() for layer, row in enumerate(load)}
+    return {layer: experts for layer, experts in idle.items() if experts}
+
+
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files, no window

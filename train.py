@@ -45,8 +45,7 @@ def stop_during_start_up(signum, frame):
 if __name__ == "__main__":  # Ctrl-C while importing torch or reading the data stops at once, quietly
     signal.signal(signal.SIGINT, stop_during_start_up)
 
-import numpy as np  # after the handler above: importing torch takes seconds
-import torch
+import torch  # after the handler above: importing torch takes seconds
 import torch.distributed as dist
 
 import data
@@ -104,7 +103,9 @@ def parse_args(argv):
                        allow_abbrev=False, add_help=False)  # --help comes once the model's fields are in
     count, positive = bounded(int, 0), bounded(int, 1)
     rate = bounded(float, 0, low_open=True)
-    p.add_argument("--model_type", default="gpt", help="one of " + ", ".join(MODEL_FILES))
+    p.add_argument("--model_type", help=f"one of {', '.join(MODEL_FILES)} (default: gpt; --init, --resume: theirs)")
+    p.add_argument("--init", help="start a new run from the weights, config and tokenizer of a train.py checkpoint, "
+                   "a Hugging Face folder or a hub name (load_hf.py); the optimizer starts fresh")
     p.add_argument("--preset", help="a named size from the model file's PRESETS (default: cpu; resumed: its own)")
     p.add_argument("--data", default=os.path.join(HERE, "input.txt"), help="a text file, or a train.bin/val.bin folder")
     p.add_argument("--tokenizer", choices=["char", "gpt2", "bpe"],
@@ -149,12 +150,24 @@ def parse_args(argv):
     p.add_argument("--wandb_project", default="nanodecoder", help="the Weights & Biases project")
     p.add_argument("--wandb_run_name", help="the Weights & Biases run name (default: wandb's)")
     known, _ = p.parse_known_args(argv)  # which model file's config to add (--help included)
+    resumed = os.path.join(known.out_dir, "ckpt.pt")
+    source = known.init or (resumed if known.resume and not known.model_type and os.path.isfile(resumed) else None)
+    if source:  # --init's or --resume's model file is the one its checkpoint or config.json names
+        import load_hf
+        try:
+            source, source_type = load_hf.training_source(source)  # a hub name is fetched into a local folder
+        except (OSError, ValueError) as err:  # no such file, a hub that cannot be reached, another architecture
+            raise UsageError(f"--init {known.init}: {err}" if known.init else f"--resume: {err}") from None
+        if known.model_type not in (None, source_type):
+            raise UsageError(f"{source} holds a {source_type!r} model, not {known.model_type!r}: drop --model_type")
+        known.model_type = source_type
+    known.model_type = known.model_type or "gpt"
     if known.model_type not in MODEL_FILES:
         raise UsageError(f"unknown --model_type {known.model_type!r}: choose one of {', '.join(MODEL_FILES)}")
     module = importlib.import_module(MODEL_FILES[known.model_type])
     group = p.add_argument_group(f"{module.Config.__name__} fields (override the preset; defaults from the dataclass)")
-    source = inspect.getsource(module.Config)  # each field's meaning: the comment after it in the dataclass
-    meanings = dict(re.findall(r"^\s+(\w+): \w+ = [^#\n]+#\s*(.+)$", source, flags=re.MULTILINE))
+    definition = inspect.getsource(module.Config)  # each field's meaning: the comment after it in the dataclass
+    meanings = dict(re.findall(r"^\s+(\w+): \w+ = [^#\n]+#\s*(.+)$", definition, flags=re.MULTILINE))
     fields = dataclasses.fields(module.Config)
     for field in fields:
         meaning = meanings.get(field.name, "")
@@ -162,6 +175,8 @@ def parse_args(argv):
                            metavar=field.name.upper(), help=f"{meaning} (default: {field.default!r})")
     p.add_argument("-h", "--help", action="help", help="show this help, with --model_type's config fields, and exit")
     args = p.parse_args(argv)
+    args.model_type = known.model_type
+    args.init = source if args.init else None  # a hub name's local folder
     if args.min_lr > args.max_lr:
         raise UsageError(f"--min_lr {args.min_lr:g} is above --max_lr {args.max_lr:g}: the schedule decays to min_lr")
     overrides = {f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}
@@ -175,8 +190,9 @@ def check_out_dir(args, rank):
     ckpt_path, log_path = os.path.join(args.out_dir, "ckpt.pt"), os.path.join(args.out_dir, "log.jsonl")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UsageError(f"--out_dir {args.out_dir} is a file: give a folder for the checkpoint and logs")
-    if args.resume and args.overwrite:
-        raise UsageError("--resume continues the run in out_dir, --overwrite replaces it: give one of them")
+    if args.resume and (args.overwrite or args.init):
+        other = "--init starts a new one" if args.init else "--overwrite replaces it"
+        raise UsageError(f"--resume continues the run in out_dir, {other}: give one of them")
     held = [path for path in (ckpt_path, log_path) if os.path.exists(path)]
     if held and not (args.resume or args.overwrite):
         raise UsageError(f"{args.out_dir} holds another run ({os.path.basename(held[0])}): --resume to continue "
@@ -211,6 +227,32 @@ def read_checkpoint(module, ckpt_path, args, overrides):
         raise UsageError(f"{ckpt_path} was trained with {clashes[0]}={ckpt['config'].get(clashes[0])}: "
                          f"drop --{clashes[0]} to resume it, or start a new run in another --out_dir")
     return model, ckpt
+
+
+def init_model(module, source, overrides):
+    """--init: (model, tokenizer state) of a train.py checkpoint or a Hugging Face folder. Options that keep every
+    weight's name and shape apply (dropout, balancing weights, ...); the others would change the architecture."""
+    import load_hf
+    try:
+        model, tokenizer, _ = (module.load_checkpoint if os.path.isfile(source) else load_hf.load)(source)
+    except (OSError, ValueError) as err:  # weights that do not fit config.json, a setting the model file lacks, ...
+        raise UsageError(f"--init {source}: {err}") from None
+    if tokenizer is None:
+        raise UsageError(f"--init {source}: no tokenizer.json beside the weights: train.py trains with the model's")
+    if overrides:
+        options = ", ".join(f"--{name}" for name in overrides)
+        try:  # the same weights in a model of the new config: built on the meta device first, to check for free
+            config = dataclasses.replace(model.config, **overrides)
+            with torch.device("meta"):
+                module.Model(config).load_state_dict(model.state_dict())
+        except (RuntimeError, ValueError) as err:  # a missing or extra weight, another shape
+            why = str(err).strip().splitlines()[0][:120]
+            raise UsageError(f"{options} would change the architecture of {source} ({why}): drop it; --init keeps "
+                             "the model's") from None
+        fresh = module.Model(config)
+        fresh.load_state_dict(model.state_dict())
+        model = fresh
+    return model, tokenizer.state()
 
 
 def lr_at(step, args):
@@ -274,15 +316,6 @@ def moe_stats(model, moe_layers):
     return stats
 
 
-def idle_experts(loads):
-    """{MoE layer: experts} given less than 1/(10 E) of the tokens over `loads` (steps, layers, experts)."""
-    if not loads:
-        return {}
-    load = np.mean(loads, axis=0)
-    idle = {layer: np.flatnonzero(row < 1 / (10 * len(row))).tolist() for layer, row in enumerate(load)}
-    return {layer: experts for layer, experts in idle.items() if experts}
-
-
 class StopSignal:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save;
     a second Ctrl-C stops at once."""
@@ -324,8 +357,12 @@ def main(argv=None):
         args.optimizer = saved.get("optimizer") or "adamw"
     else:
         model, ckpt, tokenizer_state = None, None, None
-        preset, B, T = args.preset or "cpu", args.B or 12, args.T or 64
-        if preset not in module.PRESETS:
+        if args.init:  # a new run from another run's weights or a released model's (the optimizer starts fresh)
+            if args.preset:
+                raise UsageError(f"--preset {args.preset}: the model comes from --init {args.init}; drop --preset")
+            model, tokenizer_state = init_model(module, args.init, overrides)
+        preset, B, T = args.preset or (None if args.init else "cpu"), args.B or 12, args.T or 64
+        if preset not in (None, *module.PRESETS):
             raise UsageError(f"unknown preset {preset!r} for {args.model_type}: choose one of "
                              f"{', '.join(module.PRESETS)}")
         tokens_per_step = args.total_batch_size or B * T * world
@@ -342,7 +379,8 @@ def main(argv=None):
     if distributed and not master:
         dist.barrier()
     try:
-        corpus = data.load_corpus(args.data, module, preset, args.tokenizer, tokenizer_state, args.bpe_vocab_size)
+        corpus = data.load_corpus(args.data, module, preset, args.tokenizer, tokenizer_state, args.bpe_vocab_size,
+                                  "the resumed run's" if ckpt else f"--init {args.init}'s")
     finally:
         if distributed and master:
             dist.barrier()
@@ -506,7 +544,7 @@ def main(argv=None):
             bpc = losses["val"] * corpus.tokens_per_char / math.log(2)
             say(f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({bpc:.3f} bits/char)")
             save(done, elapsed)
-            idle, loads = idle_experts(loads), []
+            idle, loads = plot.idle_experts(loads), []
             if master:
                 plot.append_log(log_path, {"step": done, "train_loss": losses["train"], "val_loss": losses["val"],
                                       "val_bpc": bpc, **({"idle_experts": idle} if idle else {})}, wandb_run)
