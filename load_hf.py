@@ -454,7 +454,8 @@ def load_train_checkpoint(path, device="cpu"):
     model_type = ckpt.get("model_type") if isinstance(ckpt, dict) else None
     if model_type not in files:
         raise ValueError(f"{path} holds a {model_type!r} model: load_hf.py handles {', '.join(files)}")
-    return files[model_type].load_checkpoint(path, device)[:2]
+    model, tokenizer, ckpt = files[model_type].load_checkpoint(path, device)
+    return model, tokenizer or HFTokenizer(**ckpt["tokenizer"])  # None: a fine-tuned released model's tokenizer.json
 
 
 def training_source(source, timeout=30):

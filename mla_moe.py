@@ -573,7 +573,7 @@ def bounded(convert, low=None, high=None, low_open=False, high_open=False):
 
 
 def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, tokenizer, checkpoint dict) from train.py's file, read with weights_only=True."""
+    """(model in eval mode, tokenizer or None, checkpoint dict) from train.py's file, read with weights_only=True."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with python train.py --model_type {MODEL_TYPE}")
     try:
@@ -585,7 +585,8 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} holds a {model_type!r} model, not {MODEL_TYPE!r}: use its file or --model_type")
     model = Model(Config(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), Tokenizer(**ckpt["tokenizer"]), ckpt
+    state = ckpt["tokenizer"]  # a released model's tokenizer.json needs the tokenizers library: load_hf.py reads it
+    return model.to(device).eval(), None if state["kind"] == "tokenizer.json" else Tokenizer(**state), ckpt
 
 
 def main():
@@ -603,6 +604,9 @@ def main():
     try:
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
+            if tokenizer is None:
+                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
+                                 f"{args.ckpt} --prompt ... samples from it")
         else:
             model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)

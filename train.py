@@ -213,11 +213,11 @@ def check_out_dir(args, rank):
 def read_checkpoint(module, ckpt_path, args, overrides):
     """The run to resume: (model, checkpoint dict). What the command line says must agree with it."""
     try:
-        model, tokenizer, ckpt = module.load_checkpoint(ckpt_path)
+        model, _, ckpt = module.load_checkpoint(ckpt_path)
     except ValueError as err:  # unreadable (cut short, empty, not a checkpoint) or another model type
         raise UsageError(f"--resume: {err}")
     saved = ckpt["args"]
-    for name, value in (("preset", saved.get("preset") or "cpu"), ("tokenizer", tokenizer.kind),
+    for name, value in (("preset", saved.get("preset") or "cpu"), ("tokenizer", ckpt["tokenizer"]["kind"]),
                         ("optimizer", saved.get("optimizer") or "adamw")):
         if getattr(args, name) not in (None, value):
             raise UsageError(f"{ckpt_path} was trained with --{name} {value}: drop --{name} {getattr(args, name)} "
@@ -234,17 +234,22 @@ def init_model(module, source, overrides):
     weight's name and shape apply (dropout, balancing weights, ...); the others would change the architecture."""
     import load_hf
     try:
-        model, tokenizer, _ = (module.load_checkpoint if os.path.isfile(source) else load_hf.load)(source)
+        if os.path.isfile(source):  # a train.py checkpoint: its tokenizer too
+            model, _, ckpt = module.load_checkpoint(source)
+            state = ckpt["tokenizer"]
+        else:
+            model, tokenizer, _ = load_hf.load(source)
+            state = tokenizer.state() if tokenizer else None
     except (OSError, ValueError) as err:  # weights that do not fit config.json, a setting the model file lacks, ...
         raise UsageError(f"--init {source}: {err}") from None
-    if tokenizer is None:
+    if state is None:
         raise UsageError(f"--init {source}: no tokenizer.json beside the weights: train.py trains with the model's")
     if overrides:
         options = ", ".join(f"--{name}" for name in overrides)
         try:  # the same weights in a model of the new config: built on the meta device first, to check for free
             config = dataclasses.replace(model.config, **overrides)
             with torch.device("meta"):
-                module.Model(config).load_state_dict(model.state_dict())
+                module.Model(config).load_state_dict(model.state_dict(), assign=True)  # shapes checked, no copy
         except (RuntimeError, ValueError) as err:  # a missing or extra weight, another shape
             why = str(err).strip().splitlines()[0][:120]
             raise UsageError(f"{options} would change the architecture of {source} ({why}): drop it; --init keeps "
@@ -252,7 +257,7 @@ def init_model(module, source, overrides):
         fresh = module.Model(config)
         fresh.load_state_dict(model.state_dict())
         model = fresh
-    return model, tokenizer.state()
+    return model, state
 
 
 def lr_at(step, args):
