@@ -83,6 +83,20 @@ def moe_line(record):
     return "      moe: " + " | ".join(terms)
 
 
+def moe_stats(model, moe_layers):
+    """The last batch's routing: each balancing loss and the dropped share, averaged over MoE layers, the
+    expert load (MoE layers x experts, share of assignments), and the MTP loss where there is one."""
+    stats = {}
+    if getattr(model, "mtp_loss", None) is not None:
+        stats["mtp_loss"] = model.mtp_loss.item()
+    layers = [moe.stats for moe in moe_layers if moe.stats]
+    if layers:
+        for name in (name for name in layers[0] if name != "load"):
+            stats[name] = sum(float(s[name]) for s in layers) / len(layers)
+        stats["expert_load"] = [s["load"].tolist() for s in layers]
+    return stats
+
+
 def idle_experts(loads):
     """{MoE layer: experts} given less than 1/(10 E) of the tokens over `loads` (steps, layers, experts)."""
     if not loads:

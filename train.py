@@ -300,27 +300,6 @@ def sample(model, tokenizer, prompt, tokens, seed, autocast, device):
     return tokenizer.decode(out[0].tolist())
 
 
-def save_checkpoint(path, state):
-    """Everything a resume needs, written to a temporary file and renamed over ckpt.pt: a crash mid-write leaves
-    the previous checkpoint whole."""
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def moe_stats(model, moe_layers):
-    """The last batch's routing: each balancing loss and the dropped share, averaged over MoE layers, the
-    expert load (MoE layers x experts, share of assignments), and the MTP loss where there is one."""
-    stats = {}
-    if getattr(model, "mtp_loss", None) is not None:
-        stats["mtp_loss"] = model.mtp_loss.item()
-    layers = [moe.stats for moe in moe_layers if moe.stats]
-    if layers:
-        for name in (name for name in layers[0] if name != "load"):
-            stats[name] = sum(float(s[name]) for s in layers) / len(layers)
-        stats["expert_load"] = [s["load"].tolist() for s in layers]
-    return stats
-
-
 class StopSignal:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save;
     a second Ctrl-C stops at once."""
@@ -487,12 +466,14 @@ def main(argv=None):
 
     def save(step, elapsed):
         weights, optimizer_state = parallel.full_state(model, optimizers)  # every rank: FSDP gathers the shards
-        if master:
-            save_checkpoint(ckpt_path, {
+        if master:  # written to a temporary file and renamed: a crash mid-write leaves the last checkpoint whole
+            torch.save({
                 "model_type": args.model_type, "config": dataclasses.asdict(model.config), "model": weights,
                 "optimizer": optimizer_state, "scaler": scaler.state_dict(), "step": step,
                 "best_val_loss": best_val, "tokens_per_step": tokens_per_step, "elapsed": elapsed,
-                "tokenizer": tokenizer.state(), "args": {**vars(args), "preset": preset, "B": B, "T": T}})
+                "tokenizer": tokenizer.state(), "args": {**vars(args), "preset": preset, "B": B, "T": T}},
+                ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
 
     stop, t_start, outcome = StopSignal(), time.perf_counter(), "finished"
     for step in range(start_step, args.max_steps):
@@ -531,7 +512,7 @@ def main(argv=None):
                   "tok_per_s": tokens_per_step / dt, "elapsed": elapsed}
         if peak_flops:
             record["mfu"] = flops_per_step / dt / (peak_flops * world)
-        record.update(moe_stats(model, moe_layers))
+        record.update(plot.moe_stats(model, moe_layers))
         if "expert_load" in record:
             loads.append(record["expert_load"])
         if master:

@@ -349,7 +349,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_moe_stats():
         _, loss = model(idx, idx)
         loss.backward()
         grads.append({name: p.grad for name, p in model.named_parameters()})
-        stats.append(train.moe_stats(model, model.moe_layers()))
+        stats.append(plot.moe_stats(model, model.moe_layers()))
     assert stats[0] == stats[1]
     assert all(torch.equal(grads[0][name], grads[1][name]) for name in grads[0])
 
