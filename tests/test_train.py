@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -721,3 +722,22 @@ def test_a_muon_run_resumes_exactly_and_keeps_its_optimizer(tmp_path):
     assert step_losses(tmp_path / "adamw")[6] != adamw[6]  # Muon really took part
     line = usage_error(*common, "--optimizer", "adamw", "--resume", "--out_dir", str(tmp_path / "split"))
     assert "was trained with --optimizer muon" in line
+
+
+def test_two_nodes_on_this_machine_train_as_one_process_does(tmp_path):
+    # two torchrun agents meeting at a c10d rendezvous, as two machines would; one process per "node"
+    common = [*TINY, "--max_steps", "3", "--eval_interval", "3", "--sample_tokens", "0"]
+    assert train_here(*common[len(TINY) :], "--total_batch_size", "128", "--out_dir", str(tmp_path / "one")) == 0
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+              "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes", "train.py",
+              *common, "--fsdp", "--out_dir", str(tmp_path / "two")]
+    nodes = [subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert sum("x 2 ranks = 128 tokens/step" in out for out, _ in outputs) == 1  # rank 0 alone prints
+    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert list(two) == [1, 2, 3] and all(abs(two[s] - one[s]) < 1e-5 for s in one), (one, two)
