@@ -111,22 +111,26 @@ def local_bytes(tensors):
     return sum((t.to_local() if hasattr(t, "to_local") else t).nbytes for t in tensors)
 
 
+def memory_estimate(param_bytes, n_embd, n_layer, B, T, bf16, checkpointing):
+    """Bytes per rank for one rank's `param_bytes` of fp32 parameters: the parameters, their gradients, AdamW's two
+    moments (2 x the parameters), and an estimate of the activations kept for backward: 34 B T C bytes per block
+    in 16 bits (Korthikanti et al. 2022, arXiv 2205.05198, eq. 2, without the attention scores, which
+    scaled_dot_product_attention does not keep), twice that in fp32; with gradient checkpointing 2 B T C bytes per
+    block (its input) plus one block's recomputation."""
+    per_block = 34 * B * T * n_embd * (1 if bf16 else 2)
+    activations = per_block + 2 * B * T * n_embd * n_layer * (1 if bf16 else 2) if checkpointing else \
+        per_block * n_layer
+    return {"parameters": param_bytes, "gradients": param_bytes, "AdamW state": 2 * param_bytes,
+            "activations (estimate)": activations}
+
+
 def memory_line(model, mode, world, B, T, bf16, checkpointing):
-    """Memory per rank, from the model as this rank holds it: fp32 parameters and gradients, AdamW's two moments
-    (2 x the parameters), and an estimate of the activations kept for backward: 34 B T C bytes per block in 16
-    bits (Korthikanti et al. 2022, arXiv 2205.05198, eq. 2, without the attention scores, which
-    scaled_dot_product_attention does not keep), twice that in fp32; 2 B T C bytes per block (the block's input)
-    with gradient checkpointing, plus one block's recomputation."""
-    params = local_bytes(model.parameters())
+    """memory_estimate's line for the model as this rank holds it (an FSDP rank: its shards)."""
+    parts = memory_estimate(local_bytes(model.parameters()), model.config.n_embd, len(model.h), B, T, bf16,
+                            checkpointing)
     shards = {"ddp": "a whole copy on each rank", "fsdp": f"1/{world} of each on each rank"}.get(mode, "one process")
-    blocks = len(model.h)
-    per_token = 34 * model.config.n_embd * (1 if bf16 else 2)
-    activations = B * T * (per_token * (1 + 2 * blocks / 34) if checkpointing else per_token * blocks)
-    total = 4 * params + activations
-    mib = 2 ** 20
-    return (f"memory per rank ({shards}): parameters {params / mib:,.1f} MiB, gradients {params / mib:,.1f} MiB, "
-            f"AdamW state {2 * params / mib:,.1f} MiB, activations ~{activations / mib:,.1f} MiB = "
-            f"~{total / 2**30:,.2f} GiB")
+    listed = ", ".join(f"{name} {size / 2**20:,.1f} MiB" for name, size in parts.items())
+    return f"memory per rank ({shards}): {listed} = ~{sum(parts.values()) / 2**30:,.2f} GiB"
 
 
 def checkpoint_blocks(model):
