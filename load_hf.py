@@ -650,6 +650,9 @@ def main(argv=None):
               file=sys.stderr)
         if args.export:
             print(f"exported to {export(model, args.export, folder)}", file=sys.stderr)
+            if args.ckpt and isinstance(tokenizer, HFTokenizer):  # a fine-tuned released model: its tokenizer too
+                with open(os.path.join(args.export, "tokenizer.json"), "w", encoding="utf-8") as f:
+                    f.write(tokenizer.json)
         prompt = args.prompt_ids
         if prompt is None and (args.prompt is not None or not args.export):
             if tokenizer is None:

@@ -75,6 +75,7 @@ def test_fine_tuning_starts_at_transformers_loss_and_exports_back(tmp_path, corp
     assert not torch.equal(model.wte.weight, load_hf.load(str(folder))[0].wte.weight)  # it was trained
     load_hf.main(["--ckpt", str(out / "ckpt.pt"), "--export", str(tmp_path / "exported")])
     back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "exported", attn_implementation="eager").eval()
+    assert (tmp_path / "exported" / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
     with torch.no_grad():
         assert (back(x).logits - model(x)[0]).abs().max() < 1e-4
 
