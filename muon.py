@@ -66,10 +66,16 @@ class Muon(torch.optim.Optimizer):
 
 
 def optimizers(model, args, device_type):
-    """[AdamW, Muon] for --optimizer muon: AdamW (weight decay on its matrices, not on its vectors) at --max_lr,
-    Muon at --muon_lr; train.py scales both by the same schedule."""
+    """The optimizers --optimizer asks for: [the model file's AdamW], or [AdamW, Muon] for muon: AdamW (weight decay
+    on its matrices, not on its vectors) at --max_lr, Muon at --muon_lr; train.py's schedule scales each group's
+    lr by its lr_scale."""
+    if args.optimizer != "muon":
+        return [model.configure_optimizers(args.weight_decay, args.max_lr, (args.beta1, args.beta2), device_type)]
     matrices, rest = split_parameters(model)
     adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": args.weight_decay},
                                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
                               lr=args.max_lr, betas=(args.beta1, args.beta2), fused=device_type in ("cuda", "cpu"))
-    return [adamw, Muon(matrices, lr=args.muon_lr, weight_decay=args.weight_decay)]
+    matrix_optimizer = Muon(matrices, lr=args.muon_lr, weight_decay=args.weight_decay)
+    for group in matrix_optimizer.param_groups:
+        group["lr_scale"] = args.muon_lr / args.max_lr  # Muon follows the schedule at its own scale
+    return [adamw, matrix_optimizer]

@@ -27,6 +27,9 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from data import UsageError
 
+# Dense bf16 peak FLOP/s by GPU name, for MFU (the vendors' datasheets, without sparsity).
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                   "A10G": 70e12, "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors on the CPU, on rank 0
 
 
@@ -61,6 +64,24 @@ def start(device, dtype, fsdp):
     torch.backends.cudnn.allow_tf32 = True
     mode = ("fsdp" if fsdp else "ddp") if distributed else None
     return mode, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), device, device_type, dtype
+
+
+def rank0_first(distributed, work):
+    """work() on rank 0 first (it may download, or write a cache), then on the other ranks (they read it)."""
+    if distributed and dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        return work()
+    finally:
+        if distributed and dist.get_rank() == 0:
+            dist.barrier()
+
+
+def peak_flops(device, dtype):
+    """The GPU's dense 16-bit peak FLOP/s, for MFU; None on CPUs, in fp32 and for GPUs not in the table."""
+    if not device.startswith("cuda") or dtype not in ("bf16", "fp16"):
+        return None
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in torch.cuda.get_device_name(device)), None)
 
 
 def wrap(model, mode, device, bf16, compile_model):

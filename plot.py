@@ -137,11 +137,15 @@ def plot_run(out_dir, title=None):
 
 def plot_loss(plt, records, title, path):
     """Train loss per step (raw and smoothed) and val loss at each evaluation, the y-range on the part of the
-    curve after the first steps' plunge; bits per character of the val text on the right axis."""
+    curve after the first steps' plunge; bits per character of the val text on the right axis. Runs that score
+    HellaSwag get a second panel: its accuracies against the 0.25 of guessing."""
     steps = np.array([r["step"] for r in records if "loss" in r])
     loss = np.array([r["loss"] for r in records if "loss" in r])
     evals = [r for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(9, 5))
+    hellaswag = [r for r in records if "hellaswag_acc_norm" in r]
+    fig, axes = plt.subplots(2 if hellaswag else 1, 1, figsize=(9, 8 if hellaswag else 5), squeeze=False,
+                             sharex=True, gridspec_kw={"height_ratios": [2, 1] if hellaswag else [1]})
+    ax = axes[0, 0]
     ax.plot(steps, loss, lw=0.6, alpha=0.35, color="tab:blue", label="train (per step)")
     smooth, window = smoothed(loss)
     ax.plot(steps[window - 1:], smooth, lw=1.6, color="tab:blue",
@@ -158,6 +162,13 @@ def plot_loss(plt, records, title, path):
     ax.set_ylim(low - 0.05 * (high - low + 1e-3), high + 0.1 * (high - low + 1e-3))
     ax.set(title=title, xlabel="step", ylabel="cross-entropy loss (nats per token)")
     ax.legend()
+    if hellaswag:
+        for key, label in (("acc_norm", "acc_norm (build-nanogpt's)"), ("acc_norm_harness", "acc_norm_harness")):
+            axes[1, 0].plot([r["step"] for r in hellaswag], [r[f"hellaswag_{key}"] for r in hellaswag], "o-",
+                            label=label)
+        axes[1, 0].axhline(0.25, color="gray", lw=0.8, ls="--", label="random guess")
+        axes[1, 0].set(xlabel="step", ylabel="HellaSwag accuracy")
+        axes[1, 0].legend(fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -11,9 +11,8 @@ The defaults are nanoGPT's CPU Shakespeare recipe: the model file's "cpu" preset
 clipping at 1.0. GPT-2-sized presets default to GPT-2's BPE, and --tokenizer bpe learns one from the corpus
 (bpe.py). Any field of the model's config is an option too (--n_layer 4 --dropout 0.1 ...).
 
-main() reads top to bottom: the command line, the device (and DDP under torchrun), the out_dir, the run to
-resume or the new one, the batch arithmetic, the data, the model, the optimizer, the loop, the summary.
-Plots are plot.py's.
+main() reads top to bottom; beside it data.py reads the corpus, parallel.py spreads the model over devices,
+muon.py is the Muon optimizer, plot.py writes and draws log.jsonl.
 
 A model file is usable here when it offers MODEL_TYPE, Config (a dataclass of int, float, bool and str fields,
 with vocab_size and block_size), PRESETS (with "cpu"), Model (forward(idx, targets) -> (logits, loss), generate,
@@ -57,9 +56,6 @@ from gpt import bounded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_FILES = {"gpt": "gpt", "moderngpt": "modern_gpt", "moegpt": "moe_gpt", "mlamoe": "mla_moe", "fgram": "fgram_moe"}
-# Dense bf16 peak FLOP/s by GPU name, for MFU (the vendors' datasheets, without sparsity).
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
-                   "A10G": 70e12, "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -137,6 +133,11 @@ def parse_args(argv):
     p.add_argument("--eval_iters", type=positive, default=20, help="batches per evaluation")
     p.add_argument("--sample_tokens", type=count, default=100, help="tokens sampled at each evaluation (0: none)")
     p.add_argument("--sample_prompt", default="\n", help="the text samples continue")
+    p.add_argument("--hellaswag_interval", type=count, default=0,
+                   help="score HellaSwag every n steps and at the end (hellaswag.py; all ranks share it); 0: never")
+    p.add_argument("--hellaswag_limit", type=positive, help="its first n examples (default: all 10,042)")
+    p.add_argument("--hellaswag_data", help="a local JSON-lines file of HellaSwag's fields (default: the "
+                   "validation split, downloaded once)")
     p.add_argument("--log_interval", type=positive, default=1, help="print every n steps (all are logged)")
     p.add_argument("--stop_step", type=positive, help="save and stop after this step, as Ctrl-C would")
     p.add_argument("--seed", type=int, default=1337, help="fixes the initial weights, every batch and dropout mask")
@@ -360,14 +361,9 @@ def main(argv=None):
     accum_steps = tokens_per_step // (B * T * world)
 
     # data: the corpus and its tokenizer (data.py); rank 0 learns and caches a BPE and the token ids first
-    if distributed and not master:
-        dist.barrier()
-    try:
-        corpus = data.load_corpus(args.data, module, preset, args.tokenizer, tokenizer_state, args.bpe_vocab_size,
-                                  "the resumed run's" if ckpt else f"--init {args.init}'s")
-    finally:
-        if distributed and master:
-            dist.barrier()
+    corpus = parallel.rank0_first(distributed, lambda: data.load_corpus(
+        args.data, module, preset, args.tokenizer, tokenizer_state, args.bpe_vocab_size,
+        "the resumed run's" if ckpt else f"--init {args.init}'s"))
     train_ids, val_ids, tokenizer = corpus.train, corpus.val, corpus.tokenizer
     need = B * T + 1 if corpus.in_order else T + 1  # shards are read B*T + 1 tokens at a time
     for split, ids in (("training", train_ids), ("validation", val_ids)):
@@ -382,6 +378,15 @@ def main(argv=None):
             raise UsageError(f"--sample_prompt {args.sample_prompt!r}: {err}")
         if not prompt:
             raise UsageError("--sample_prompt is empty: give the text samples continue, or --sample_tokens 0")
+
+    examples = []  # HellaSwag's (hellaswag.py), fetched by rank 0 first when no file is given
+    if args.hellaswag_interval:
+        import hellaswag
+        try:
+            examples = parallel.rank0_first(distributed, lambda: hellaswag.read_examples(
+                args.hellaswag_data or hellaswag.fetch_data(), args.hellaswag_limit))
+        except (OSError, ValueError) as err:  # a file that is not HellaSwag's, a hub that cannot be reached
+            raise UsageError(f"--hellaswag_data: {err}" if args.hellaswag_data else f"HellaSwag: {err}") from None
 
     # the model: the resumed one, or a new one from the preset, the tokenizer and the command line
     if model is None:
@@ -406,19 +411,14 @@ def main(argv=None):
     autocast = torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
     # the optimizers (AdamW, or AdamW and Muon), and their state when resuming
-    optimizers = muon.optimizers(model, args, device_type) if args.optimizer == "muon" else [
-        model.configure_optimizers(args.weight_decay, args.max_lr, (args.beta1, args.beta2), device_type)]
-    for group in optimizers[-1].param_groups if args.optimizer == "muon" else []:
-        group["lr_scale"] = args.muon_lr / args.max_lr  # Muon follows the schedule at its own scale
+    optimizers = muon.optimizers(model, args, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "fp16")
     if ckpt:
         parallel.load_optimizer_state(model, optimizers, ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
 
     # logging: a new run starts a new log.jsonl, a resumed one keeps the records up to its checkpoint's step
-    peak_flops = None
-    if device_type == "cuda" and dtype in ("bf16", "fp16"):  # MFU needs the GPU's peak
-        peak_flops = next((f for key, f in PEAK_BF16_FLOPS.items() if key in torch.cuda.get_device_name(device)), None)
+    peak_flops = parallel.peak_flops(device, dtype)  # for MFU; None where the GPU's peak is not known
     wandb_run = None
     if args.wandb and master:
         try:
@@ -544,6 +544,13 @@ def main(argv=None):
                     say(f"sampling failed (training goes on):\n{traceback.format_exc()}")
             if master:
                 plot.plot_run(args.out_dir, title)
+        if examples and (done % args.hellaswag_interval == 0 or done == args.max_steps):
+            scores = hellaswag.evaluate(model, tokenizer, examples, device, autocast, rank, world)
+            hs = {f"hellaswag_{k}": scores[k] for k in ("acc", "acc_norm", "acc_norm_harness", "scored", "skipped")}
+            say(f"step {done}: HellaSwag acc_norm {scores['acc_norm'] or 0:.4f}, acc_norm_harness "
+                f"{scores['acc_norm_harness'] or 0:.4f} ({scores['scored']:,} of {len(examples):,} scored)")
+            if master:
+                plot.append_log(log_path, {"step": done, **hs}, wandb_run)
         if stop_votes or done == args.stop_step:
             if done % args.eval_interval and done != args.max_steps:
                 save(done, elapsed)
@@ -561,6 +568,8 @@ def main(argv=None):
         evals = [r for r in records if "val_loss" in r]
         steps = max([r["step"] for r in records if "loss" in r], default=0)
         final = f"final val {evals[-1]['val_loss']:.4f} ({evals[-1]['val_bpc']:.3f} bits/char) | " if evals else ""
+        scored = [r for r in records if "hellaswag_acc_norm" in r]
+        final += f"HellaSwag acc_norm {scored[-1]['hellaswag_acc_norm'] or 0:.4f} | " if scored else ""
         best = f"{best_val:.4f}" if math.isfinite(best_val) else "none yet"
         wall = plot.format_time(elapsed_before + time.perf_counter() - t_start)
         say(f"{outcome} after {steps} steps in {wall} | best val {best} | {final}{steps * tokens_per_step:,} "

@@ -29,9 +29,9 @@ def train(module, ids, mode, rank, world, optimizer_kind):
     if hasattr(model, "prepare_data"):
         model.prepare_data(ids)
     trained = parallel.wrap(model, mode, "cpu", bf16=False, compile_model=False)
-    args = SimpleNamespace(weight_decay=0.1, max_lr=3e-3, beta1=0.9, beta2=0.99, muon_lr=0.02)
-    optimizers = muon.optimizers(model, args, "cpu") if optimizer_kind == "muon" else [
-        model.configure_optimizers(0.1, 3e-3, (0.9, 0.99), "cpu")]
+    args = SimpleNamespace(weight_decay=0.1, max_lr=3e-3, beta1=0.9, beta2=0.99, muon_lr=0.02,
+                           optimizer=optimizer_kind)
+    optimizers = muon.optimizers(model, args, "cpu")
     corpus = data.Corpus(ids, ids, None, 1.0, "")
     losses = []
     for step in range(STEPS):

@@ -55,7 +55,7 @@ def test_every_parameter_is_in_exactly_one_optimizer(name):
     model = module.Model(module.Config(**{**module.PRESETS["cpu"], "vocab_size": 65, "n_layer": 2}))
     if hasattr(model, "prepare_data"):
         model.prepare_data(np.random.default_rng(0).integers(0, 65, 5000).astype(np.uint16))
-    args = SimpleNamespace(weight_decay=0.1, max_lr=1e-3, beta1=0.9, beta2=0.99, muon_lr=0.02)
+    args = SimpleNamespace(weight_decay=0.1, max_lr=1e-3, beta1=0.9, beta2=0.99, muon_lr=0.02, optimizer="muon")
     adamw, matrices = muon.optimizers(model, args, "cpu")
     ids = [id(p) for opt in (adamw, matrices) for group in opt.param_groups for p in group["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(ids) == len(set(ids))
