@@ -579,6 +579,7 @@ def main(argv=None):
         wandb_run.finish()
     if distributed:
         dist.barrier()  # rank 0 may still be plotting: tear the group down together
+        del trained  # DDP's reducer holds the group: freed at exit instead, gloo's threads could wait for the GIL
         dist.destroy_process_group()
     sys.exit(130 if outcome == "interrupted" else 0)
 
