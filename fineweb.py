@@ -49,7 +49,7 @@ FORMATS = {20240520: (1, np.dtype("<u2")), 20240801: (7, np.dtype("<u4"))}
 MAGIC = {np.dtype("<u2"): 20240520, np.dtype("<u4"): 20240801}
 META = "meta.json"
 DEFAULT_DATASET, DEFAULT_SUBSET = "HuggingFaceFW/fineweb-edu", "sample-10BT"
-CHUNK_BYTES = 1 << 20  # text per task sent to a worker: large enough that passing it costs nothing
+CHUNK_BYTES = 1 << 18  # text per task: passing it costs ~0.1% of tokenizing it, and the workers share the work evenly
 HF_SEPARATORS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")  # tried when the tokenizer adds no BOS
 
 
@@ -257,7 +257,56 @@ def token_dtype(vocab_size):
 
 # ----------------------------------------------------------------------------- the workers
 
-ENCODE = None  # documents -> list of uint32 token arrays, set in each worker by start_worker
+ENCODE = None  # (documents -> their tokens as bytes of `dtype`, the separator's bytes, dtype), set by start_worker
+UNSAFE_SPACE = re.compile(r" (?!\S)")  # a space before whitespace or the end: a piece may run across it
+SPACE_CUTS = re.compile(r"(?= \S)")  # before each space that comes before a non-space
+CACHE_WORDS, CACHE_WORD_CHARS = 1 << 17, 32  # at most 131k words of at most 32 characters per worker
+
+
+def as_bytes(ids, dtype):
+    """token ids as the bytes of a dtype array, checked to fit: ids are never cut silently"""
+    ids = np.array(ids, dtype=np.int64)
+    if len(ids) and ids.max() >= 1 << 8 * dtype.itemsize:
+        raise DataError(f"token id {ids.max()} does not fit {dtype.name} shards")
+    return ids.astype(dtype).tobytes()
+
+
+class WordCache(dict):
+    r"""word -> bytes of the tokens of prefix + word, encoded by tiktoken the first time a word is looked up.
+
+    GPT-2's pre-tokenizer (the GPT2_PATTERN regex tiktoken runs) never joins a space followed by a non-space to
+    the text before it: the only pieces holding a space are " " + letters, " " + digits, " " + punctuation (the
+    space first) and runs of whitespace, and a run of whitespace is never followed by a non-space inside its
+    piece (\s+(?!\S) gives that last space up; \s++$ needs the end). So cutting a text before every such space
+    cuts it between pieces, and matching resumes there as at the start of a text (the pattern has no look-behind;
+    what a piece sees past its end, a space or the end of the text, ends letters, digits, punctuation and
+    whitespace alike). The tokens of a text are the tokens of its space-led words, one after the other, and words
+    repeat (Zipf): each is encoded once per worker. tests/test_fineweb.py holds this to encode_ordinary on
+    random strings of every kind of space, letter, digit and mark. Python's \s is a superset of the regex's, so
+    the cuts are a subset of the safe ones."""
+
+    def __init__(self, encode, dtype, prefix):
+        super().__init__()
+        self.encode, self.dtype, self.prefix = encode, dtype, prefix
+
+    def __missing__(self, word):
+        tokens = as_bytes(self.encode(self.prefix + word), self.dtype)
+        if len(self) < CACHE_WORDS and len(word) <= CACHE_WORD_CHARS:  # bounded memory; the first words stay
+            self[word] = tokens
+        return tokens
+
+
+def cached_encoder(encode, dtype):
+    """encode_ordinary(text) as bytes of dtype, through two WordCaches: a text whose every space is followed by a
+    non-space splits at each space (str.split, the fastest cut), any other at each space before a non-space."""
+    after_space, units = WordCache(encode, dtype, " "), WordCache(encode, dtype, "")
+
+    def encode_text(text):
+        if UNSAFE_SPACE.search(text) is None:
+            words = text.split(" ")
+            return units[words[0]] + b"".join(map(after_space.__getitem__, words[1:]))
+        return b"".join(map(units.__getitem__, SPACE_CUTS.split(text)))
+    return encode_text
 
 
 def start_worker(spec, dtype):
@@ -265,8 +314,15 @@ def start_worker(spec, dtype):
     global ENCODE
     kind, tokenizer, separator = spec
     if kind == "tiktoken":
-        def encode(texts):  # encode_to_numpy: the ids come back as one buffer, not a list of Python ints
-            return [tokenizer.encode_to_numpy(text, disallowed_special=()) for text in texts]
+        import gpt  # the pattern the word cache's argument is made for (a fork has it imported already)
+        if tokenizer._pat_str == gpt.GPT2_PATTERN:
+            encode_text = cached_encoder(tokenizer.encode_ordinary, dtype)
+        else:
+            def encode_text(text):  # another pattern: plain tiktoken
+                return as_bytes(tokenizer.encode_ordinary(text), dtype)
+
+        def encode(texts):
+            return [encode_text(text) for text in texts]
     else:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
         from tokenizers import Tokenizer
@@ -274,8 +330,8 @@ def start_worker(spec, dtype):
         hf.encode_special_tokens = True  # "<|endoftext|>" inside a document is text, as encode_ordinary does
 
         def encode(texts):
-            return [np.array(e.ids, dtype=np.uint32) for e in hf.encode_batch_fast(texts, add_special_tokens=False)]
-    ENCODE = (encode, np.array([separator], dtype=np.uint32), dtype)
+            return [as_bytes(e.ids, dtype) for e in hf.encode_batch_fast(texts, add_special_tokens=False)]
+    ENCODE = (encode, np.array([separator], dtype=dtype).tobytes(), dtype)
 
 
 def document_texts(task):
@@ -304,21 +360,18 @@ def document_texts(task):
 
 
 def tokenize(task):
-    """(tokens, lengths) of a task: each document's separator and tokens, one array; lengths[i] counts document i's
-    (0 for a row with no text)."""
+    """(tokens, lengths) of a task: each document's separator and tokens, in one array; lengths[i] counts
+    document i's tokens (0 for a row with no text)."""
     encode, separator, dtype = ENCODE
     texts = document_texts(task)
-    ids = iter(encode([text for text in texts if text is not None]))
+    encoded = iter(encode([text for text in texts if text is not None]))
     pieces, lengths = [], np.zeros(len(texts), dtype=np.int64)
     for i, text in enumerate(texts):
         if text is not None:
-            tokens = next(ids)
+            tokens = next(encoded)
             pieces += [separator, tokens]
-            lengths[i] = 1 + len(tokens)
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.uint32)
-    if dtype.itemsize == 2 and len(tokens) and tokens.max() >= 1 << 16:
-        raise DataError(f"{task[1]}: token id {tokens.max()} does not fit uint16 shards")  # never cut silently
-    return tokens.astype(dtype), lengths
+            lengths[i] = 1 + len(tokens) // dtype.itemsize
+    return np.frombuffer(b"".join(pieces), dtype=dtype), lengths
 
 
 def ordered_map(tasks, workers, spec, dtype):
