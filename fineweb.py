@@ -28,6 +28,7 @@ HF_ENDPOINT stands in for https://huggingface.co (a mirror, or the tests' local 
 datasets. train.py reads the shards with read_shard / shard_paths / read_meta / TokenStream below (numpy only).
 """
 import argparse
+import array
 import codecs
 import errno
 import glob
@@ -259,16 +260,19 @@ def token_dtype(vocab_size):
 
 ENCODE = None  # (documents -> their tokens as bytes of `dtype`, the separator's bytes, dtype), set by start_worker
 UNSAFE_SPACE = re.compile(r" (?!\S)")  # a space before whitespace or the end: a piece may run across it
-SPACE_CUTS = re.compile(r"(?= \S)")  # before each space that comes before a non-space
+SPACE_CUTS = re.compile(r" (?=\S)")  # each space that comes before a non-space
 CACHE_WORDS, CACHE_WORD_CHARS = 1 << 17, 32  # at most 131k words of at most 32 characters per worker
 
 
 def as_bytes(ids, dtype):
-    """token ids as the bytes of a dtype array, checked to fit: ids are never cut silently"""
-    ids = np.array(ids, dtype=np.int64)
-    if len(ids) and ids.max() >= 1 << 8 * dtype.itemsize:
-        raise DataError(f"token id {ids.max()} does not fit {dtype.name} shards")
-    return ids.astype(dtype).tobytes()
+    """token ids as the little-endian bytes of dtype, checked to fit (array raises OverflowError): never cut"""
+    try:
+        tokens = array.array("H" if dtype.itemsize == 2 else "I" if array.array("I").itemsize == 4 else "L", ids)
+    except OverflowError:
+        raise DataError(f"token id {max(ids)} does not fit {dtype.name} shards") from None
+    if sys.byteorder == "big":
+        tokens.byteswap()
+    return tokens.tobytes()
 
 
 class WordCache(dict):
@@ -297,15 +301,14 @@ class WordCache(dict):
 
 
 def cached_encoder(encode, dtype):
-    """encode_ordinary(text) as bytes of dtype, through two WordCaches: a text whose every space is followed by a
-    non-space splits at each space (str.split, the fastest cut), any other at each space before a non-space."""
-    after_space, units = WordCache(encode, dtype, " "), WordCache(encode, dtype, "")
+    """encode_ordinary(text) as bytes of dtype, through WordCaches: the text is cut at each space before a
+    non-space (str.split where every space is one, the fastest cut); the first word is encoded as it is, each
+    other word with the space the cut took."""
+    first, after_space = WordCache(encode, dtype, ""), WordCache(encode, dtype, " ")
 
     def encode_text(text):
-        if UNSAFE_SPACE.search(text) is None:
-            words = text.split(" ")
-            return units[words[0]] + b"".join(map(after_space.__getitem__, words[1:]))
-        return b"".join(map(units.__getitem__, SPACE_CUTS.split(text)))
+        words = text.split(" ") if UNSAFE_SPACE.search(text) is None else SPACE_CUTS.split(text)
+        return first[words[0]] + b"".join(map(after_space.__getitem__, words[1:]))
     return encode_text
 
 
