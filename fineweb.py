@@ -859,7 +859,7 @@ def prepare(args):
     write_meta(out, meta)
     if meta["shards"]:
         print(f"resuming after shard {len(meta['shards']) - 1} ({meta['tokens']:,} tokens): input {start[0]}, "
-              f"document {start[1]}, token {start[2]}")
+              f"document {start[1]}, token {start[2]}", flush=True)
     downloads = os.path.join(out, "downloads")
     progress = Progress(meta, [item["size"] for item in meta["inputs"]])
 
