@@ -142,18 +142,37 @@ def test_local_files_become_shards_of_tiktokens_tokens_whatever_the_workers(corp
     assert [s["tokens"] for s in meta["shards"]] == [3000, 3000, 1777]
 
 
+def learned_encoding(text, vocab_size):
+    """(merges, tiktoken's encoding of them built here) of a BPE bpe.py learns on text"""
+    merges = bpe.learn_bpe(text, vocab_size)
+    tokens = [bytes([b]) for b in range(256)]
+    for a, b in merges:
+        tokens.append(tokens[a] + tokens[b])
+    return merges, tiktoken_encoding({token: rank for rank, token in enumerate(tokens)}, "learned")
+
+
 def test_the_word_cache_is_encode_ordinary_on_every_kind_of_text():
-    """fineweb's GPT-2 encoder caches the tokens of space-led words; strings built to break the cuts (every
-    whitespace character, spaces before whitespace and at the ends, contractions, marks, digits) must come out as
-    tiktoken's encode_ordinary gives them."""
-    fineweb.start_worker(("tiktoken", gpt.Tokenizer("gpt2").bpe, 50256), np.dtype("<u2"))
-    encode = fineweb.ENCODE[0]
+    """fineweb's encoder caches the tokens of space-led words; strings built to break the cuts (every whitespace
+    character, spaces before whitespace and at the ends, contractions, marks, digits) must come out as tiktoken's
+    encode_ordinary gives them: with GPT-2's BPE, and with one learned on Python source, whose runs of whitespace are
+    tokens (GPT-2 has none: there, cutting at every space would pass too)."""
+    with open(os.path.join(ROOT, "gpt.py"), encoding="utf-8") as f:
+        source = f.read()[:30000]
+    merges, code_bpe = learned_encoding(source + source.replace("    ", " "), 400)  # indented by 4 and by 1
+    for text, cut in (("x   y", 2), ("x\n \ny", 2)):  # a run of whitespace across a space not before a non-space
+        assert code_bpe.encode_ordinary(text) != code_bpe.encode_ordinary(text[:cut]) + code_bpe.encode_ordinary(
+            text[cut:])
     alphabet = list("     \t\n\r\x0b\x0c\x1c\x1d\x85\u00a0\u1680\u2000\u2028\u2029\u202f\u3000\u200b"
                     "aZéß日本ع0٣²'’sdmtlvre.,!?-_()\"#😀\u0301")
     rng = np.random.default_rng(0)
-    texts = ["".join(rng.choice(alphabet, rng.integers(0, 30))) for _ in range(6000)] + ODD + documents(20)
-    for text in texts:
-        assert np.frombuffer(encode([text])[0], "<u2").tolist() == GPT2.encode_ordinary(text), repr(text)
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 30))) for _ in range(4000)] + ODD + documents(20)
+    texts += ["".join(rng.choice([" ", "  ", "\n", "\n    ", "\t", "x", "y."], rng.integers(0, 12)))
+              for _ in range(3000)]  # dense in runs of whitespace with spaces inside and around them
+    for kind, reference, dtype in (("gpt2", GPT2, "<u2"), ("bpe", code_bpe, "<u2")):
+        fineweb.start_worker(("tiktoken", gpt.Tokenizer(kind, merges=merges).bpe, 0), np.dtype(dtype))
+        encode = fineweb.ENCODE[0]
+        for text in texts:
+            assert np.frombuffer(encode([text])[0], dtype).tolist() == reference.encode_ordinary(text), (kind, text)
 
 
 # ----------------------------------------------------------------------------- the format and the reader
@@ -233,11 +252,8 @@ def test_a_vocabulary_over_65536_writes_uint32_shards(tmp_path):
 def test_a_learned_bpe_from_a_checkpoint_or_bpe_json(corpus, tmp_path):
     files, per_file = corpus
     docs = [doc for docs in per_file for doc in docs]
-    merges = bpe.learn_bpe(SHAKESPEARE[:20000], 300)
-    tokens = [bytes([b]) for b in range(256)]
-    for a, b in merges:
-        tokens.append(tokens[a] + tokens[b])
-    expected = stream(docs, tiktoken_encoding({token: rank for rank, token in enumerate(tokens)}, "learned"))
+    merges, learned = learned_encoding(SHAKESPEARE[:20000], 300)
+    expected = stream(docs, learned)
     torch.save({"model_type": "gpt", "tokenizer": {"kind": "bpe", "chars": "", "merges": merges}}, tmp_path / "ckpt.pt")
     (tmp_path / "bpe.json").write_text(json.dumps({"vocab_size": 300, "merges": merges}))
     for source in ("ckpt.pt", "bpe.json"):
