@@ -733,7 +733,8 @@ class Progress:
     def __init__(self, meta, sizes):
         self.meta, self.sizes, self.total = meta, sizes, max(sum(sizes), 1)
         self.start, self.shown, self.downloaded = time.perf_counter(), 0.0, 0
-        self.tokens0, self.fraction0 = meta["tokens"], None
+        # a resumed run's rate and ETA count from where it started: its first task tells how far that is
+        self.tokens0, self.fraction0 = meta["tokens"], None if meta["shards"] else 0.0
         self.documents, self.tokens, self.fraction = meta["documents"], meta["tokens"], 0.0
         self.tty = sys.stdout.isatty()
 
@@ -745,7 +746,7 @@ class Progress:
         if self.meta["max_tokens"]:
             self.fraction = max(self.fraction, self.tokens / self.meta["max_tokens"])
         if self.fraction0 is None:
-            self.fraction0 = self.fraction if self.meta["shards"] else 0.0
+            self.fraction0 = self.fraction
         now = time.perf_counter()
         new_shard = len(self.meta["shards"]) > shards_before
         if (self.tty and now - self.shown > 0.5) or (not self.tty and new_shard):
@@ -755,7 +756,7 @@ class Progress:
     def line(self, now):
         elapsed = max(now - self.start, 1e-9)
         rate = (self.tokens - self.tokens0) / elapsed
-        done = self.fraction - (self.fraction0 or 0.0)
+        done = self.fraction - self.fraction0
         eta = duration(elapsed * (1 - self.fraction) / done) if done > 0 else "?"
         return (f"documents {self.documents:,} | tokens {human(self.tokens)} | {human(rate)} tokens/s | shards "
                 f"{len(self.meta['shards'])} | downloaded {human(self.downloaded, 'B')} | input "
@@ -901,6 +902,7 @@ def prepare(args):
         remove_finished((len(meta["inputs"]), 0, 0))
     if hub and os.path.isdir(downloads) and not os.listdir(downloads):
         os.rmdir(downloads)
+    progress.documents, progress.tokens = meta["documents"], meta["tokens"]  # what the shards hold
     print(("\n" if progress.tty else "") + progress.line(time.perf_counter()))
     return meta
 

@@ -6,15 +6,17 @@ same local parquet with the same number of worker processes, and the peak memory
     flock /tmp/nanodecoder-bench.lock python bench/fineweb_tokenize.py --workers 16 --mb 400
     flock /tmp/nanodecoder-bench.lock python bench/fineweb_tokenize.py --rss             # + peak RSS, 2 sizes
 
-The parquet is synthetic: documents cut from input.txt at FineWeb-Edu-like lengths (log-normal, median ~3,000
-characters, written in row groups of 1,000 rows). build-nanogpt's way, written out here from its description: an
-mp.Pool over the documents (dicts, as a datasets iterator yields them), pool.imap(tokenize, docs, chunksize=16),
-each document `[eot] + encode_ordinary(text)` made a numpy uint16 array, copied into a shard buffer of
---shard_size tokens in order, a document running on into the next shard. fineweb.py's way: tasks of about 1 MB of
-raw text bytes (no Python string per document in the main process), encode_to_numpy in the worker (the ids as one
-buffer, no list of ints), two tasks per worker in flight. Both runs time the whole preparation (pool start to the
-last shard on disk); A and B alternate, and the table gives the median of the rounds. Both must give the same
-tokens, shard for shard, or the script fails.
+The parquet is synthetic: documents cut from --text (input.txt) at FineWeb-Edu-like lengths (log-normal, median
+~3,000 characters), written in row groups of 1,000 rows. build-nanogpt's way, written out here from its
+description: an mp.Pool over the documents (dicts, as a datasets iterator yields them), pool.imap(tokenize, docs,
+chunksize=16), each document `[eot] + encode_ordinary(text)` made a numpy uint16 array, copied into a shard buffer
+of --shard_size tokens in order, a document running on into the next shard. fineweb.py's way: tasks of about
+256 KB of raw text bytes (no Python string per document in the main process), in each worker a cache of the
+tokens of each space-led word (fineweb.WordCache: exact; each distinct word goes through tiktoken once), the
+tokens passed back as bytes. Both runs time the whole preparation (pool start to the last shard on disk) and count
+CPU seconds of the main process and of the workers; A and B alternate, the table gives the median of the rounds.
+Both must give the same tokens, shard for shard, or the script fails. The word cache gains most on text whose
+words repeat: Shakespeare's vocabulary is smaller than the web's, so try --text on a sample of your own corpus.
 """
 
 import argparse
@@ -38,11 +40,11 @@ import fineweb
 import gpt
 
 
-def synthetic_parquet(path, megabytes, seed=0):
-    """Documents cut from input.txt, lengths log-normal (median e^8 ~ 3,000 characters, 200 to 100,000)."""
+def synthetic_parquet(path, megabytes, text_path, seed=0):
+    """Documents cut from a text, lengths log-normal (median e^8 ~ 3,000 characters, 200 to 100,000)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    with open(os.path.join(ROOT, "input.txt"), encoding="utf-8") as f:
+    with open(text_path, encoding="utf-8") as f:
         text = f.read()
     text += text  # a document may wrap around the end
     rng = np.random.default_rng(seed)
@@ -164,13 +166,14 @@ def main():
     parser.add_argument("--workers", type=gpt.bounded(int, 1), default=2)
     parser.add_argument("--mb", type=gpt.bounded(float, 0, low_open=True), default=40,
                         help="megabytes of text in the parquet")
+    parser.add_argument("--text", default=os.path.join(ROOT, "input.txt"), help="the text documents are cut from")
     parser.add_argument("--rounds", type=gpt.bounded(int, 1), default=3)
     parser.add_argument("--shard_size", type=gpt.bounded(int, 1), default=10**6)
     parser.add_argument("--rss", action="store_true", help="also peak RSS on parquets of --mb and 4x --mb")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "docs.parquet")
-        docs, chars = synthetic_parquet(path, args.mb)
+        docs, chars = synthetic_parquet(path, args.mb, args.text)
         print(f"{docs:,} documents, {chars / 1e6:.1f} MB of text, {args.workers} worker processes, "
               f"shards of {args.shard_size:,} tokens, {args.rounds} rounds (interleaved)")
         runs = {"build-nanogpt's way": [], "fineweb.py": []}
@@ -197,7 +200,7 @@ def main():
                   f"{(base[1] + base[2]) / (main_cpu + workers_cpu):.2f}x |")
         if args.rss:
             big = os.path.join(folder, "big.parquet")
-            synthetic_parquet(big, 4 * args.mb, seed=1)
+            synthetic_parquet(big, 4 * args.mb, args.text, seed=1)
             print("\n| parquet | peak RSS (/usr/bin/time -v) | fineweb.py's own report |\n| --- | --- | --- |")
             for label, p in ((f"{args.mb:g} MB of text", path), (f"{4 * args.mb:g} MB of text", big)):
                 mb, own = peak_rss(p, args.workers)
