@@ -86,11 +86,18 @@ def main():
         for _ in range(args.rounds):
             for name, next_batch in sources.items():
                 rates[name].append(train(next_batch, args))
+        fetch = {}
+        for name, next_batch in sources.items():  # the data alone: one batch, in microseconds
+            start = time.perf_counter()
+            for step in range(1000):
+                next_batch(step)
+            fetch[name] = (time.perf_counter() - start) * 1e3
     print(f"{len(tokens):,} tokens; gpt.py {args.n_layer} layers x {args.n_embd}, B {args.B} x T {args.T}, "
           f"{args.steps} steps per run, {args.rounds} rounds (interleaved)\n")
-    print("| batches from | tokens/s, median (each round) |\n| --- | --- |")
+    print("| batches from | training tokens/s, median (each round) | one batch alone |\n| --- | --- | --- |")
     for name, runs in rates.items():
-        print(f"| {name} | {statistics.median(runs):,.0f} ({', '.join(f'{r:,.0f}' for r in runs)}) |")
+        print(f"| {name} | {statistics.median(runs):,.0f} ({', '.join(f'{r:,.0f}' for r in runs)}) | "
+              f"{fetch[name]:.0f} µs |")
 
 
 if __name__ == "__main__":
