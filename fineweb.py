@@ -4,9 +4,10 @@ fineweb.py - a large corpus into token shards in llm.c's format, prepared once, 
 The corpus is FineWeb-Edu (Penedo et al. 2024, arXiv 2406.17557) by default: the parquet files of one subset of a
 hub dataset, listed through the hub's API and downloaded one at a time (streamed, resumable, size-checked by
 load_hf.download), or local parquet, JSONL and text files. Parquet is read with pyarrow one row group at a time, so
-memory stays constant whatever the corpus' size. A pool of processes tokenizes the documents; each document is
-preceded by the separator (GPT-2's <|endoftext|>, id 50256, as build-nanogpt does), and the tokens go, in input
-order, into shards of --shard_size tokens (a document may run on into the next shard), in llm.c's format:
+memory stays constant whatever the corpus' size. A pool of processes tokenizes the documents (GPT-2's BPE through a
+cache of each space-led word's tokens, exactly what tiktoken gives: see WordCache); each document is preceded by
+the separator (GPT-2's <|endoftext|>, id 50256, as build-nanogpt does), and the tokens go, in input order, into
+shards of --shard_size tokens (a document may run on into the next shard), in llm.c's format:
 
     header   256 int32: magic 20240520, version 1, number of tokens; then uint16 tokens (ids below 65,536)
              or magic 20240801, version 7, number of tokens; then uint32 tokens (llm.c's LLaMA 3 layout)
