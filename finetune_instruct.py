@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 import gpt
 import load_gpt2
+from gpt import bounded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAD_ID = 50256  # <|endoftext|>: ends every response and pads the rows
@@ -266,30 +267,30 @@ def initial_model(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Instruction fine-tuning of a GPT on Alpaca-format data.")
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
     parser.add_argument("--init", default="scratch",
                         help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
     parser.add_argument("--weights", help="local GPT-2 safetensors file or folder for --init gpt2 (no network)")
     parser.add_argument("--cache_dir", default=load_gpt2.DEFAULT_CACHE, help="where GPT-2 downloads are kept")
     parser.add_argument("--data", default=os.path.join(HERE, "data", "instruction-data.json"))
     parser.add_argument("--mask_prompt", action="store_true", help="learn the responses only")
-    parser.add_argument("--lora_rank", type=int, default=0,
+    parser.add_argument("--lora_rank", type=bounded(int, 0), default=0,
                         help="train LoRA adapters of this rank (0: full fine-tuning)")
-    parser.add_argument("--lora_alpha", type=float, default=16.0)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--lr", type=float, help="default 5e-5 (chapter 6/7's), 5e-4 for --init scratch")
-    parser.add_argument("--weight_decay", type=float, default=0.1)
-    parser.add_argument("--dropout", type=float, default=0.0, help="for --init scratch")
-    parser.add_argument("--max_new_tokens", type=int, default=256, help="longest generated response")
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--lora_alpha", type=bounded(float, 0, low_open=True), default=16.0)
+    parser.add_argument("--epochs", type=bounded(int, 1), default=2)
+    parser.add_argument("--batch_size", type=bounded(int, 1), default=8)
+    parser.add_argument("--lr", type=bounded(float, 0, low_open=True),
+                        help="default 5e-5 (chapter 6/7's), 5e-4 for --init scratch")
+    parser.add_argument("--weight_decay", type=bounded(float, 0), default=0.1)
+    parser.add_argument("--dropout", type=bounded(float, 0, 1, high_open=True), default=0.0, help="for --init scratch")
+    parser.add_argument("--max_new_tokens", type=bounded(int, 0), default=256, help="longest generated response")
+    parser.add_argument("--seed", type=bounded(int, 0, 2**64 - 1), default=123)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out_dir", default=os.path.join("out", "instruct"))
     args = parser.parse_args(argv)
     try:
         entries = read_entries(args.data)
         model, tokenizer = initial_model(args)
-        if args.lora_rank < 0:
-            raise ValueError(f"--lora_rank {args.lora_rank}: use a positive rank, or 0 for full fine-tuning")
     except (OSError, ValueError) as err:  # bad input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)

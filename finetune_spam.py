@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 import gpt
 import load_gpt2
+from gpt import bounded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -240,6 +241,7 @@ def parse_trainable(value, init, n_layer):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Fine-tune a GPT to classify SMS messages as ham or spam.")
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
     parser.add_argument("--init", default="scratch",
                         help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
     parser.add_argument("--weights", help="local GPT-2 safetensors file or folder for --init gpt2 (no network)")
@@ -247,12 +249,13 @@ def main(argv=None):
     parser.add_argument("--data", default=os.path.join(HERE, "data", "sms_spam.tsv"))
     parser.add_argument("--download", action="store_true", help="fetch the collection from UCI into --data first")
     parser.add_argument("--trainable_blocks", help="last n blocks to train (+ final norm + head), or all")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--lr", type=float, help="default 5e-5 (chapter 6/7's), 5e-4 for --init scratch")
-    parser.add_argument("--weight_decay", type=float, default=0.1)
-    parser.add_argument("--dropout", type=float, default=0.0, help="for --init scratch")
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--epochs", type=bounded(int, 1), default=5)
+    parser.add_argument("--batch_size", type=bounded(int, 1), default=8)
+    parser.add_argument("--lr", type=bounded(float, 0, low_open=True),
+                        help="default 5e-5 (chapter 6/7's), 5e-4 for --init scratch")
+    parser.add_argument("--weight_decay", type=bounded(float, 0), default=0.1)
+    parser.add_argument("--dropout", type=bounded(float, 0, 1, high_open=True), default=0.0, help="for --init scratch")
+    parser.add_argument("--seed", type=bounded(int, 0, 2**64 - 1), default=123)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=os.path.join("out", "spam", "classifier.pt"))
     parser.add_argument("--classify", metavar="TEXT", help="label TEXT with the classifier in --out, then stop")

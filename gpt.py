@@ -351,7 +351,7 @@ def bounded(convert, low=None, high=None, low_open=False, high_open=False):
         value = convert(text)  # a ValueError here is argparse's own "invalid int value: 'x'"
         below = low is not None and (value <= low if low_open else value < low)
         above = high is not None and (value >= high if high_open else value > high)
-        if not math.isfinite(value) or below or above:
+        if (isinstance(value, float) and not math.isfinite(value)) or below or above:  # ints: any size
             raise argparse.ArgumentTypeError(f"{text} is not {kind} {allowed}")
         return value
 
@@ -376,17 +376,20 @@ def load_checkpoint(path, device="cpu"):
     return model.to(device).eval(), None if state["kind"] == "tokenizer.json" else Tokenizer(**state), ckpt
 
 
-def main():
-    parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.")
-    parser.add_argument("--ckpt", help="a checkpoint written by train.py (default: random weights, cpu preset)")
-    parser.add_argument("--prompt", default="\n")
-    parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)  # 0 = greedy
-    parser.add_argument("--top_k", type=int, default=200)
-    parser.add_argument("--top_p", type=float)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=f"Sample from a {MODEL_TYPE} checkpoint, or from random weights.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py; none: random weights of the cpu preset")
+    parser.add_argument("--prompt", default="\n", help="the text to continue (default: %(default)r)")
+    parser.add_argument("--max_new_tokens", type=bounded(int, 0), default=200, help="how many tokens to generate")
+    parser.add_argument("--temperature", type=bounded(float, 0), default=0.8, help="divides the logits; 0: greedy")
+    parser.add_argument("--top_k", type=bounded(int, 0), default=200, help="draw among the k likeliest tokens; 0: all")
+    parser.add_argument("--top_p", type=bounded(float, 0, 1, low_open=True), default=1.0,
+                        help="draw among the likeliest tokens that hold probability top_p (nucleus); 1: all")
+    parser.add_argument("--seed", type=bounded(int, 0, 2**64 - 1), default=1337, help="fixes the draws, random weights")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, mps, ...")
+    args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     try:
         if args.ckpt:

@@ -5,8 +5,11 @@ bug in attention masking, caching or wiring would break.
 """
 
 import dataclasses
+from types import SimpleNamespace
 
+import pytest
 import torch
+from cli_checks import one_line_error
 
 
 def check_every_parameter_gets_gradient(model, vocab_size, B=2, T=16):
@@ -98,3 +101,13 @@ def save_checkpoint(module, model, tokenizer, path):
         },
         path,
     )
+
+
+def main_error(main, argv, capsys):
+    """The one `error:` line main(argv) of a model file or fine-tune prints for bad input, run in this process
+    (argparse exits before anything is built): exit status 2, nothing on stdout."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert out == "", out
+    return one_line_error(SimpleNamespace(returncode=exit_info.value.code, stdout=out, stderr=err))

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 import torch
 from cli_checks import one_line_error, run_script
+from model_checks import main_error
 
 import finetune_spam as spam
 import gpt
@@ -148,6 +149,21 @@ def test_trainable_blocks(blocks, trained):
     spam.set_trainable(model, blocks)
     for name, p in model.named_parameters():
         assert p.requires_grad == any(name.startswith(prefix) for prefix in trained), name
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--epochs", "0", "argument --epochs: 0 is not an integer >= 1"),
+    ("--batch_size", "0", "argument --batch_size: 0 is not an integer >= 1"),
+    ("--lr", "0", "argument --lr: 0 is not a finite number > 0"),
+    ("--lr", "inf", "argument --lr: inf is not a finite number > 0"),
+    ("--weight_decay", "-0.1", "argument --weight_decay: -0.1 is not a finite number >= 0"),
+    ("--dropout", "1", "argument --dropout: 1 is not a finite number in [0, 1)"),
+    ("--seed", "-1", "argument --seed: -1 is not an integer in [0, 18446744073709551615]"),
+    ("--epochs", "two", "argument --epochs: invalid int value: 'two'"),  # argparse's own, in one line too
+    ("--epoch", "2", "unrecognized arguments: --epoch 2"),
+])
+def test_numeric_options_are_checked_for_their_range_before_anything_runs(option, value, expected, capsys):
+    assert main_error(spam.main, [option, value], capsys) == "error: " + expected
 
 
 def test_trainable_blocks_option_is_checked():

@@ -2,15 +2,18 @@
 reader can diff two files and see only what a model changes. Also: the shared tail (tokenizers, data,
 checkpoints, the sampling CLI) works from every file."""
 
+import argparse
 import importlib
 import inspect
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from model_checks import save_checkpoint
+from cli_checks import one_line_error, run_script
+from model_checks import main_error, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ["gpt", "modern_gpt", "moe_gpt", "mla_moe", "fgram_moe"]
@@ -66,7 +69,7 @@ def test_twin_methods_are_identical(name):
 
 def test_tail_is_identical_in_every_file():
     # sampler, tokenizers, data and checkpoints: everything from sample_next_token up to main()
-    tails = {f: section(source_text(f), "def sample_next_token", "def main():") for f in FILES}
+    tails = {f: section(source_text(f), "def sample_next_token", "def main(") for f in FILES}
     assert_same(tails, "the tail")
     for needle in ("GPT2_PATTERN = ", "class Tokenizer", "def load_dataset", "def get_batch", "def load_checkpoint"):
         assert needle in tails["gpt"]  # the section really is the tail, not an empty match
@@ -74,7 +77,7 @@ def test_tail_is_identical_in_every_file():
 
 def test_main_is_identical_except_where_a_model_needs_its_data():
     # fgram_moe.py's random-weights demo mines its n-grams from input.txt first: its own main()
-    assert_same({f: section(source_text(f), "def main():") for f in FILES if f != "fgram_moe"}, "main()")
+    assert_same({f: section(source_text(f), "def main(") for f in FILES if f != "fgram_moe"}, "main()")
 
 
 def test_each_file_names_its_config_model_and_type():
@@ -146,3 +149,63 @@ def test_cli_empty_prompt_is_a_one_line_error(name, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "--prompt is empty" in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
+
+
+# ----------------------------------------------------------------------------- the sampling CLI's options
+
+CLI_ERRORS = {  # option and a value out of its range -> the one line every model file's CLI prints
+    ("--max_new_tokens", "-1"): "argument --max_new_tokens: -1 is not an integer >= 0",
+    ("--temperature", "-0.5"): "argument --temperature: -0.5 is not a finite number >= 0",
+    ("--temperature", "nan"): "argument --temperature: nan is not a finite number >= 0",
+    ("--top_k", "-1"): "argument --top_k: -1 is not an integer >= 0",
+    ("--top_p", "0"): "argument --top_p: 0 is not a finite number in (0, 1]",
+    ("--top_p", "1.5"): "argument --top_p: 1.5 is not a finite number in (0, 1]",
+    ("--seed", "-1"): "argument --seed: -1 is not an integer in [0, 18446744073709551615]",
+    ("--top_k", "three"): "argument --top_k: invalid int value: 'three'",  # argparse's own, in one line too
+    ("--temprature", "0.5"): "unrecognized arguments: --temprature 0.5",
+}
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("option, value", CLI_ERRORS)
+def test_cli_options_out_of_range_are_one_line_errors(name, option, value, capsys):
+    assert main_error(MODULES[name].main, [option, value], capsys) == "error: " + CLI_ERRORS[option, value]
+
+
+@pytest.mark.parametrize("name", ["gpt", "fgram_moe"])  # the twin main() and fgram_moe.py's own
+def test_cli_refuses_a_bad_value_as_a_user_runs_it(name):
+    line = one_line_error(run_script(f"{name}.py", "--top_p", "1.5", "--prompt", "To be"))
+    assert line == "error: argument --top_p: 1.5 is not a finite number in (0, 1]"
+
+
+@pytest.mark.parametrize("name", ["gpt", "fgram_moe"])
+def test_cli_help_says_what_each_option_means_and_its_default(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        MODULES[name].main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for option, default in [("--ckpt", "None"), ("--prompt", "'\\n'"), ("--max_new_tokens", "200"),
+                            ("--temperature", "0.8"), ("--top_k", "200"), ("--top_p", "1.0"), ("--seed", "1337")]:
+        upper = option[2:].upper()
+        meaning = text.split(f"{option} {upper} ")[-1].split(f"(default: {default})")[0]
+        assert 3 <= len(meaning.split()) <= 20, (option, meaning)  # a few words of help, then its default
+    assert "0: greedy" in text and re.search(r"--device DEVICE [^(]+\(default: (cpu|cuda)\)", text), text
+
+
+def test_bounded_checks_the_range_and_names_it():
+    bounded = MODULES["gpt"].bounded  # the twin of every model file's tail
+    assert bounded(int, 1)("3") == 3 and bounded(float, 0, 1, high_open=True)("0") == 0.0
+    assert bounded(int, 0)("1" + "0" * 400) == 10**400  # a huge integer is in range, not an OverflowError
+    assert bounded(float, high=2)("-1e300") == -1e300 and bounded(int, 1).__name__ == "int"
+    for convert, bounds, text, message in [
+        (float, {"low": 0, "low_open": True}, "0", "0 is not a finite number > 0"),
+        (float, {"low": 0, "low_open": True}, "inf", "inf is not a finite number > 0"),
+        (float, {"low": 0, "high": 1, "high_open": True}, "1", "1 is not a finite number in [0, 1)"),
+        (int, {"low": 1, "high": 8}, "9", "9 is not an integer in [1, 8]"),
+        (float, {"high": 2, "high_open": True}, "2", "2 is not a finite number < 2"),
+        (int, {"high": 2}, "3", "3 is not an integer <= 2"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(message)}$"):
+            bounded(convert, **bounds)(text)
+    with pytest.raises(ValueError):  # argparse's own "invalid float value"
+        bounded(float, 0)("zero")
