@@ -266,7 +266,8 @@ def initial_model(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Instruction fine-tuning of a GPT on Alpaca-format data.")
+    parser = argparse.ArgumentParser(description="Instruction fine-tuning of a GPT on Alpaca-format data.",
+                                     allow_abbrev=False)
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
     parser.add_argument("--init", default="scratch",
                         help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")

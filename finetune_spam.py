@@ -240,7 +240,8 @@ def parse_trainable(value, init, n_layer):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Fine-tune a GPT to classify SMS messages as ham or spam.")
+    parser = argparse.ArgumentParser(description="Fine-tune a GPT to classify SMS messages as ham or spam.",
+                                     allow_abbrev=False)
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
     parser.add_argument("--init", default="scratch",
                         help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")

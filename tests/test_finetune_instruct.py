@@ -70,7 +70,7 @@ def test_unusable_data_is_refused_in_one_line_before_training(tmp_path, content,
 @pytest.mark.parametrize("option, value, expected", [
     ("--epochs", "0", "argument --epochs: 0 is not an integer >= 1"),
     ("--batch_size", "-2", "argument --batch_size: -2 is not an integer >= 1"),
-    ("--lr", "-1e-4", "argument --lr: -1e-4 is not a finite number > 0"),
+    ("--lr", "-0.0001", "argument --lr: -0.0001 is not a finite number > 0"),
     ("--lr", "nan", "argument --lr: nan is not a finite number > 0"),
     ("--weight_decay", "-1", "argument --weight_decay: -1 is not a finite number >= 0"),
     ("--dropout", "-0.1", "argument --dropout: -0.1 is not a finite number in [0, 1)"),
@@ -78,7 +78,7 @@ def test_unusable_data_is_refused_in_one_line_before_training(tmp_path, content,
     ("--lora_alpha", "0", "argument --lora_alpha: 0 is not a finite number > 0"),
     ("--max_new_tokens", "-1", "argument --max_new_tokens: -1 is not an integer >= 0"),
     ("--seed", "2e3", "argument --seed: invalid int value: '2e3'"),  # argparse's own, in one line too
-    ("--lora", "2", "ambiguous option: --lora could match --lora_rank, --lora_alpha"),
+    ("--lora", "2", "unrecognized arguments: --lora 2"),  # no abbreviations: --lora is not --lora_rank
 ])
 def test_numeric_options_are_checked_for_their_range_before_anything_runs(option, value, expected, capsys):
     assert main_error(instruct.main, [option, value], capsys) == "error: " + expected
