@@ -58,6 +58,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import load_hf
 from gpt import bounded
@@ -169,28 +170,37 @@ def windows(ids, n_scored, block_size):
 @torch.no_grad()
 def score_pieces(model, pieces, n_rows, device, autocast, batch_rows, n_forwards, progress=False):
     """Summed log-likelihood of each row (float64, n_rows) from pieces (ids, n scored, row): batches of batch_rows
-    pieces, longest first, right-padded; only the scored positions go through log_softmax, in float32. Then dummy
+    pieces, longest first, right-padded. Only the scored positions go through the model's lm_head (a forward
+    pre-hook picks them, as nanoGPT's generate keeps only the last position) and log_softmax, in float32. Then dummy
     forwards up to n_forwards, so every rank calls the model equally often."""
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][0]))
     sums = torch.zeros(n_rows, dtype=torch.float64)
     batches = [order[i:i + batch_rows] for i in range(0, len(order), batch_rows)]
-    for number, batch in enumerate(batches):
-        x = torch.zeros(len(batch), len(pieces[batch[0]][0]) - 1, dtype=torch.long)  # (B, T) inputs, right-padded
-        where, targets, rows = [], [], []  # per scored id: (b, t) of the logit predicting it, the id, its row
-        for b, i in enumerate(batch):
-            ids, n, row = pieces[i]
-            x[b, :len(ids) - 1] = torch.tensor(ids[:-1])
-            where += [(b, t) for t in range(len(ids) - 1 - n, len(ids) - 1)]  # the logit at t predicts ids[t + 1]
-            targets += ids[-n:]
-            rows += [row] * n
-        with autocast:
-            logits, _ = model(x.to(device))  # (B, T, vocab_size)
-        b_index, t_index = torch.tensor(where, device=device).unbind(1)
-        logprobs = logits[b_index, t_index].float().log_softmax(-1)  # (N, vocab_size), N scored ids
-        picked = logprobs.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
-        sums.index_add_(0, torch.tensor(rows), picked.double().cpu())
-        if progress:
-            print(f"\rhellaswag: batch {number + 1} of {len(batches)}", end="", file=sys.stderr, flush=True)
+    scored = {}  # this batch's (b, t) positions of the logits that are scored
+    head = getattr(getattr(model, "module", model), "lm_head", None)  # every model file has one; else all positions
+    hook = head.register_forward_pre_hook(lambda _, inputs: (inputs[0][scored["b"], scored["t"]],)) if head else None
+    try:
+        for number, batch in enumerate(batches):
+            x = torch.zeros(len(batch), len(pieces[batch[0]][0]) - 1, dtype=torch.long)  # (B, T), right-padded
+            where, targets, rows = [], [], []  # per scored id: (b, t) of the logit predicting it, the id, its row
+            for b, i in enumerate(batch):
+                ids, n, row = pieces[i]
+                x[b, :len(ids) - 1] = torch.tensor(ids[:-1])
+                where += [(b, t) for t in range(len(ids) - 1 - n, len(ids) - 1)]  # the logit at t predicts ids[t + 1]
+                targets += ids[-n:]
+                rows += [row] * n
+            scored["b"], scored["t"] = torch.tensor(where, device=device).unbind(1)
+            with autocast:
+                logits, _ = model(x.to(device))  # (N, vocab_size) through the hook, else (B, T, vocab_size)
+            if logits.dim() == 3:
+                logits = logits[scored["b"], scored["t"]]
+            loglik = -F.cross_entropy(logits.float(), torch.tensor(targets, device=device), reduction="none")  # (N,)
+            sums.index_add_(0, torch.tensor(rows), loglik.double().cpu())
+            if progress:
+                print(f"\rhellaswag: batch {number + 1} of {len(batches)}", end="", file=sys.stderr, flush=True)
+    finally:
+        if hook:
+            hook.remove()
     if progress and batches:
         print(file=sys.stderr)
     for _ in range(n_forwards - len(batches)):

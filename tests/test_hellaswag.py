@@ -282,6 +282,26 @@ def test_batch_1_and_batch_64_give_every_model_file_the_same_scores(module, tmp_
         assert a["pred"] == b["pred"]
 
 
+class NoHead(torch.nn.Module):
+    """A model whose head hellaswag.py cannot find: its logits come back at every position."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, idx):
+        return self.inner(idx)
+
+
+def test_the_head_at_the_scored_positions_only_changes_no_score(gpt2_folder):
+    model, tokenizer, _ = load_hf.load(str(gpt2_folder))
+    picked, every = (hellaswag.evaluate(m, tokenizer, EXAMPLES, "cpu", batch_rows=5) for m in (model, NoHead(model)))
+    for a, b in zip(picked["records"], every["records"]):
+        for name in ("nanogpt", "harness"):
+            assert a[name]["loglik"] == pytest.approx(b[name]["loglik"], abs=1e-5, rel=0)  # float32 rounding
+    assert not model.lm_head._forward_pre_hooks  # the hook is gone after evaluate
+
+
 # ----------------------------------------------------------------------------- the command line
 
 def test_bpe_checkpoint_on_the_command_line_and_its_files(tmp_path, capsys):
