@@ -7,9 +7,9 @@ the model picks the ending it finds most likely. Four accuracies, each named aft
     acc_norm          build-nanogpt's: the same text, the highest mean log-likelihood per token of the ending
                       (its published GPT-2 124M figure: 0.2955)
     acc_harness       lm-evaluation-harness's acc: its text (below), the highest summed log-likelihood
-                      (GPT-2 124M: 28.92%)
+                      (GPT-2 124M: 28.92%, published)
     acc_norm_harness  the harness's acc_norm: its text, the summed log-likelihood divided by the ending's length in
-                      characters (GPT-2 124M: 31.14%, the number of the harness's tables)
+                      characters (GPT-2 124M: 31.14%, published)
 
 The harness's text (lm_eval/tasks/hellaswag/utils.py): context preprocess(activity_label + ": " + ctx_a + " " +
 ctx_b.capitalize()), endings preprocess(ending), joined by its target_delimiter " ", which is scored but not counted
@@ -364,7 +364,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring's table as written, and every option's default."""
+    """The module docstring's table as written, and every option's default (options without one say so)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def parse_args(argv):
@@ -378,8 +381,9 @@ def parse_args(argv):
                                   f"CACHE_DIR/hellaswag")
     p.add_argument("--limit", type=bounded(int, 1), help="score the first N examples only (default: all)")
     p.add_argument("--out", help="write one JSON line per example: ind, label, per text (nanogpt, harness) the four "
-                                 "endings' summed log-likelihoods and token counts, the four predictions")
-    p.add_argument("--summary", help="write the summary's numbers as one JSON object")
+                                 "endings' summed log-likelihoods and token counts, the four predictions "
+                                 "(default: none)")
+    p.add_argument("--summary", help="write the summary's numbers as one JSON object (default: none)")
     p.add_argument("--batch_rows", type=bounded(int, 1), default=32, help="rows (a context and one ending) per forward")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or mps (bf16 autocast on a CUDA GPU that has it); under torchrun cuda:LOCAL_RANK")
