@@ -78,7 +78,12 @@ FIELDS = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label")
 
 def fetch_data(cache_dir=load_hf.DEFAULT_CACHE, url=URL, timeout=30):
     """The path of HellaSwag's validation file in cache_dir/hellaswag, downloaded (streamed, size-checked) once."""
-    return load_hf.download(url, os.path.join(cache_dir, "hellaswag", os.path.basename(url)), timeout)
+    try:
+        return load_hf.download(url, os.path.join(cache_dir, "hellaswag", os.path.basename(url)), timeout)
+    except ConnectionError as err:  # load_hf's advice is about model weights: here a local file goes with --data
+        why = str(err).split(": check the network")[0]
+        raise ConnectionError(f"{why}: check the network and run again, or pass --data with a local copy of "
+                              f"{os.path.basename(url)}") from None
 
 
 def read_examples(path, limit=None):

@@ -352,10 +352,13 @@ def test_the_validation_file_is_downloaded_once(tmp_path):
     try:
         for _ in range(2):
             path = hellaswag.fetch_data(str(tmp_path), url)
+        with pytest.raises(ConnectionError, match="or pass --data with a local copy of missing.jsonl$"):
+            hellaswag.fetch_data(str(tmp_path), url.replace("hellaswag_val", "missing"))  # 404
     finally:
         httpd.shutdown()
         httpd.server_close()
-    assert path == os.path.join(str(tmp_path), "hellaswag", "hellaswag_val.jsonl") and len(handler.seen) == 1
+    assert path == os.path.join(str(tmp_path), "hellaswag", "hellaswag_val.jsonl")
+    assert len(handler.seen) == 2  # the file once, and the 404
     assert hellaswag.read_examples(path, limit=3) == EXAMPLES[:3]
 
 
