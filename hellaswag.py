@@ -26,8 +26,9 @@ model's block_size keep their last block_size + 1 tokens (the harness's left cut
 cannot read every character: such examples are skipped and counted, never a crash.
 
 Speed: the rows of many examples (4 endings x 2 texts each) go through the model together, longest first, right-
-padded (a causal model's real positions never see the padding); bf16 autocast on a GPU; under torchrun each rank
-scores every world-th example and the counts are summed.
+padded (a causal model's real positions never see the padding); only the scored positions go through the model's
+lm_head and log_softmax; bf16 autocast on a GPU; under torchrun each rank scores every world-th example and the
+counts are summed. bench/hellaswag_speed.py compares it with build-nanogpt's one-example-at-a-time loop.
 
     python hellaswag.py --ckpt out/ckpt.pt                       # a train.py checkpoint, any model file
     python hellaswag.py --model HuggingFaceTB/SmolLM2-135M       # a released checkpoint, through load_hf.py
@@ -71,6 +72,7 @@ METRICS = {  # name: (rendering, normalised by)
     "acc": ("nanogpt", None), "acc_norm": ("nanogpt", "tokens"),
     "acc_harness": ("harness", None), "acc_norm_harness": ("harness", "chars"),
 }
+METRICS_HARNESS = ("acc_harness", "acc_norm_harness")
 FIELDS = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label")
 
 
@@ -341,10 +343,11 @@ def summary_line(result, name, block_size):
     parts = [f"hellaswag {name}: scored {result['scored']:,} of {result['examples']:,}"]
     if result["skipped"]:
         parts[0] += f"; {result['skipped']:,} hold characters this vocabulary lacks"
-    scores = " ".join(f"{metric} {result[metric]:.4f}" for metric in ("acc", "acc_norm") if result[metric] is not None)
-    harness = " ".join(f"{metric} {result[metric]:.4f}" for metric in ("acc_harness", "acc_norm_harness")
-                       if result[metric] is not None)
-    parts.append(f"{scores} (build-nanogpt) {harness} (lm-evaluation-harness), random 0.25")
+    scores = []
+    for table, metrics in (("build-nanogpt", ("acc", "acc_norm")), ("lm-evaluation-harness", METRICS_HARNESS)):
+        shown = [f"{metric} {result[metric]:.4f}" for metric in metrics if result[metric] is not None]
+        scores += [" ".join(shown) + f" ({table})"] if shown else []
+    parts.append(" ".join(scores) + ", random 0.25" if scores else "nothing to score")
     if result["truncated"]:
         parts.append(f"{result['truncated']:,} longer than the model's {block_size} tokens, cut from the left")
     if result["boundary"]:

@@ -231,6 +231,9 @@ def test_char_checkpoint_scores_in_windows_and_skips_what_its_vocabulary_lacks(t
     assert result["skipped"] == 3  # the darts' digit, WikiHow's brackets in build-nanogpt's text
     assert "'3'" in result["records"][5]["skipped"]
     assert result["truncated"] == result["scored"]
+    nothing = hellaswag.evaluate(ours, tokenizer, [EXAMPLES[5]], "cpu")  # every example skipped: no scores, no crash
+    assert (nothing["scored"], nothing["skipped"], nothing["acc_norm"]) == (0, 1, None)
+    assert "nothing to score" in hellaswag.summary_line(nothing, "x", 24)
 
 
 def test_a_tokenizer_json_that_adds_a_bos_keeps_it_in_the_context(tmp_path):
