@@ -103,7 +103,8 @@ def parse_args(argv):
     p.add_argument("--init", help="start a new run from the weights, config and tokenizer of a train.py checkpoint, "
                    "a Hugging Face folder or a hub name (load_hf.py); the optimizer starts fresh")
     p.add_argument("--preset", help="a named size from the model file's PRESETS (default: cpu; resumed: its own)")
-    p.add_argument("--data", default=os.path.join(HERE, "input.txt"), help="a text file, or a train.bin/val.bin folder")
+    p.add_argument("--data", help="a text file, a train.bin/val.bin folder or a folder of shards (default: input.txt;"
+                   " resumed: its own)")
     p.add_argument("--tokenizer", choices=["char", "gpt2", "bpe"],
                    help="default: char for the cpu preset, gpt2 for the others and for train.bin/val.bin folders")
     p.add_argument("--bpe_vocab_size", type=bounded(int, 257), default=2048,
@@ -339,7 +340,7 @@ def main(argv=None):
             raise UsageError(f"{ckpt_path} trains with {ckpt['tokens_per_step']:,} tokens per step: drop "
                              "--total_batch_size to resume it with the same global batch")
         start_step, best_val, elapsed_before = ckpt["step"], ckpt["best_val_loss"], ckpt["elapsed"]
-        args.optimizer = saved.get("optimizer") or "adamw"
+        args.optimizer, args.data = saved.get("optimizer") or "adamw", args.data or saved["data"]
     else:
         model, ckpt, tokenizer_state = None, None, None
         if args.init:  # a new run from another run's weights or a released model's (the optimizer starts fresh)
@@ -351,7 +352,7 @@ def main(argv=None):
             raise UsageError(f"unknown preset {preset!r} for {args.model_type}: choose one of "
                              f"{', '.join(module.PRESETS)}")
         tokens_per_step = args.total_batch_size or B * T * world
-        args.optimizer = args.optimizer or "adamw"
+        args.optimizer, args.data = args.optimizer or "adamw", args.data or os.path.join(HERE, "input.txt")
         start_step, best_val, elapsed_before = 0, float("inf"), 0.0
 
     # tokens per optimizer step = B * T * ranks * accumulation steps: accumulation adapts to the number of ranks

@@ -741,3 +741,60 @@ def test_two_nodes_on_this_machine_train_as_one_process_does(tmp_path):
     assert sum("x 2 ranks = 128 tokens/step" in out for out, _ in outputs) == 1  # rank 0 alone prints
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert list(two) == [1, 2, 3] and all(abs(two[s] - one[s]) < 1e-5 for s in one), (one, two)
+
+
+# ----------------------------------------------------------------------------- shards and HellaSwag
+
+
+def prepare_shards(tmp_path):
+    """Tiny Shakespeare's first 200,000 characters as fineweb.py shards of 20,000 GPT-2 tokens (val first)."""
+    with open(os.path.join(ROOT, "input.txt"), encoding="utf-8") as f:
+        (tmp_path / "a.txt").write_text(f.read(200_000), encoding="utf-8")
+    result = run_script("fineweb.py", "--input", str(tmp_path / "a.txt"), "--out", str(tmp_path / "shards"),
+                        "--shard_size", "20000", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return str(tmp_path / "shards")
+
+
+def test_shards_train_in_order_and_resume_exactly_on_another_number_of_ranks(tmp_path, capsys):
+    shards = prepare_shards(tmp_path)
+    common = [*TINY, "--data", shards, "--max_steps", "6", "--eval_interval", "100", "--total_batch_size", "256",
+              "--dropout", "0.1", "--sample_tokens", "0"]
+    assert train_here(*common[len(TINY) :], "--out_dir", str(tmp_path / "whole")) == 0
+    assert "tokenizer: gpt2, 50,257 tokens (gpt2: meta.json's)" in capsys.readouterr().out
+    result = torchrun("train.py", *common, "--stop_step", "3", "--out_dir", str(tmp_path / "split"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    resume = ["--max_steps", "6", "--eval_interval", "100", "--resume", "--out_dir", str(tmp_path / "split")]
+    assert train_here(*resume) == 0  # on the checkpoint's shards
+    whole, split = step_losses(tmp_path / "whole"), step_losses(tmp_path / "split")
+    assert list(split) == list(range(1, 7)) and all(abs(split[s] - whole[s]) < 1e-5 for s in whole), (split, whole)
+    # in order: micro-batch n of the run reads the stream's tokens n*B*T .. (n+1)*B*T, so step s is tokens 256 s ..
+    import fineweb
+
+    stream = fineweb.TokenStream(fineweb.shard_paths(shards, "train"))
+    x, y = train.data.micro_batch(gpt, train.data.Corpus(stream, stream, None, 1.0, "", True), 4, 16, 1, 2, 1, 4,
+                                  "cpu")
+    assert torch.equal(x.flatten(), torch.from_numpy(stream.window((2 * 4 + 1) * 64, 64)))
+    assert torch.equal(y.flatten(), torch.from_numpy(stream.window((2 * 4 + 1) * 64 + 1, 64)))
+    assert "--tokenizer char" in usage_error("--data", shards, "--tokenizer", "char", "--out_dir", str(tmp_path / "c"))
+
+
+def test_hellaswag_during_training_in_the_log_the_summary_and_the_plot(tmp_path, capsys):
+    import json as json_module
+
+    examples = [{"ind": i, "activity_label": "Speaking", "ctx_a": "the king is dead and", "ctx_b": "the queen",
+                 "ctx": "the king is dead and the queen", "endings": ["will rule", "is here", "and the", "of love"],
+                 "label": i % 4, "split": "val"} for i in range(6)]
+    (tmp_path / "hs.jsonl").write_text("".join(json_module.dumps(e) + "\n" for e in examples))
+    args = ["--max_steps", "4", "--eval_interval", "2", "--hellaswag_interval", "2", "--hellaswag_data",
+            str(tmp_path / "hs.jsonl"), "--sample_tokens", "0", "--out_dir", str(tmp_path / "run")]
+    assert train_here(*args) == 0
+    out = capsys.readouterr().out
+    assert "step 2: HellaSwag acc_norm " in out and "(6 of 6 scored)" in out and "| HellaSwag acc_norm " in out
+    scores = [r for r in plot.read_log(tmp_path / "run" / "log.jsonl")[0] if "hellaswag_acc_norm" in r]
+    assert [r["step"] for r in scores] == [2, 4] and all(r["hellaswag_scored"] == 6 for r in scores)
+    assert os.path.getsize(tmp_path / "run" / "loss.png") > 1000
+    (tmp_path / "bad.jsonl").write_text('{"ctx": "no endings"}\n')
+    line = usage_error("--hellaswag_interval", "2", "--hellaswag_data", str(tmp_path / "bad.jsonl"), "--out_dir",
+                       str(tmp_path / "bad"))
+    assert line.startswith("--hellaswag_data: ") and "bad.jsonl" in line
