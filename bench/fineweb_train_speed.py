@@ -8,9 +8,8 @@ against random windows of a nanoGPT train.bin (gpt.get_batch), the same model an
 Both sources hold the GPT-2 tokens of input.txt (the shards in pieces of --shard_size tokens, so batches cross
 shard boundaries). A step is one forward, backward and AdamW update of gpt.py at the given size on a batch of
 B x T tokens; the in-order batch of step s is the B*T + 1 tokens at s * B * T of the training stream (wrapping
-round), as train.py will read shards. Runs alternate; the table gives each source's median tokens/s. The data
-costs microseconds against a step's milliseconds, so the two should agree within noise. This times the loop
-here, not train.py: once train.py reads --data DIR, time it there as well.
+round), read by train.py's own data.stream_batch. Runs alternate; the table gives each source's median tokens/s.
+The data costs microseconds against a step's milliseconds, so the two should agree within noise.
 """
 
 import argparse
@@ -25,16 +24,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import data
 import fineweb
 import gpt
-
-
-def in_order_batch(stream, step, batch_size, block_size):
-    """x, y of step `step`: B*T + 1 consecutive tokens at a position that depends on the step alone"""
-    span = batch_size * block_size
-    start = step * span % (len(stream) - span - 1)
-    window = torch.from_numpy(stream.window(start, span + 1))
-    return window[:-1].view(batch_size, block_size), window[1:].view(batch_size, block_size)
 
 
 def train(next_batch, args):
@@ -78,10 +70,11 @@ def main():
         stream = fineweb.TokenStream(fineweb.shard_paths(folder, "train"))
         train_bin, _, _ = gpt.load_dataset(folder)
         generator = torch.Generator().manual_seed(0)
+        span = args.B * args.T
         sources = {"train.bin, random windows (gpt.get_batch)":
                    lambda step: gpt.get_batch(train_bin, args.B, args.T, generator),
                    f"{len(paths)} shards in order (fineweb.TokenStream)":
-                   lambda step: in_order_batch(stream, step, args.B, args.T)}
+                   lambda step: data.stream_batch(stream, step % ((len(stream) - 1) // span), args.B, args.T, "cpu")}
         rates = {name: [] for name in sources}
         for _ in range(args.rounds):
             for name, next_batch in sources.items():
