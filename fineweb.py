@@ -781,6 +781,7 @@ def parse_args(argv):
     from gpt import bounded
     p = argparse.ArgumentParser(description="A corpus (hub parquet or local files) into llm.c-format token shards, "
                                             "resumable: run the same command again to continue.")
+    p.error = lambda message: p.exit(2, f"error: {message} (python fineweb.py --help lists the options)\n")
     p.add_argument("--out", required=True, help="the folder of the shards and meta.json")
     p.add_argument("--input", nargs="+", help="local .parquet, .jsonl or text files (one document per text file) "
                                               "instead of a hub dataset")

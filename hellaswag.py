@@ -446,8 +446,8 @@ def main(argv=None):
         def read():
             return read_examples(data or fetch_data(args.cache_dir, timeout=args.timeout), args.limit)
 
+        model, tokenizer = on_rank0_first(lambda: load_model(args, device), rank, world)  # a bad --ckpt: no download
         examples = on_rank0_first(read, rank, world)
-        model, tokenizer = on_rank0_first(lambda: load_model(args, device), rank, world)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -445,7 +445,8 @@ def test_bad_input_of_each_kind_is_one_error_line(corpus, tmp_path, capsys, monk
                                    ("--shard_size", "3e9", "not an integer in [1, 2147483647]")):
         with pytest.raises(SystemExit) as exit_:
             prepare(tmp_path / "opt", "--input", files[3], option, value)
-        assert exit_.value.code == 2 and message in capsys.readouterr().err, option
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1, err
     result = run_script("fineweb.py", "--input", str(tmp_path / "other.parquet"), "--out", str(tmp_path / "cli"))
     assert "--text_column" in one_line_error(result)
 

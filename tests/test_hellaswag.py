@@ -393,6 +393,7 @@ def test_bad_input_is_one_error_line(case, tmp_path, capsys):
 def test_command_line_errors_are_one_line_without_a_traceback(tmp_path, capsys):
     data = write_jsonl(tmp_path / "val.jsonl", EXAMPLES)
     for argv, message in ((["--ckpt", str(tmp_path / "x.pt"), "--data", data], "no such checkpoint"),
+                          (["--ckpt", str(tmp_path / "x.pt")], "no such checkpoint"),  # before downloading the data
                           (["--ckpt", "x.pt", "--out", str(tmp_path / "nowhere" / "out.jsonl")], "--out"),
                           (["--weights", str(tmp_path / "nothing"), "--data", data], "no such folder")):
         with pytest.raises(SystemExit) as exit_:
