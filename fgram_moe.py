@@ -76,8 +76,7 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
-    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
+    """RoPE (arXiv 2104.09864): pair (i, i + hd/2) at position p turns by p * inv_freq[i]."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -90,8 +89,7 @@ class RotaryEmbedding(nn.Module):
         T = x.size(2)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.type_as(x)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class KVCache:
@@ -237,8 +235,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
-        x = x + self.mlp(self.norm_2(x))
-        return x
+        return x + self.mlp(self.norm_2(x))
 
 
 # ----------------------------------------------------------------------------- F-gram embeddings (docs/fgram_moe.md)
@@ -329,8 +326,7 @@ class FgramMoE(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
-        # residual stream's variance does not grow with depth
+        # GPT-2's normal(0, 0.02); 0.02 / sqrt(2 n_layer) at a residual branch's end: flat variance
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -373,10 +369,9 @@ class FgramMoE(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
         -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
-        T = idx.size(1)
-        start = cache[0].pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.drop(self.embed(idx, cache))  # (B, T, C); positions are rotated into q and k in each layer
         for i, block in enumerate(self.h):
             x = block(x, cache[i] if cache is not None else None)
@@ -433,8 +428,7 @@ class FgramMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters (the tied wte once, as the head;
-        the F-gram encoder as if per token) for the weight matmuls + 12 * n_layer * (n_head * head_dim) * seq_len."""
+        """Training FLOPs per token: 6 x active weights + attention (PaLM; docs/fgram_moe.md)."""
         attention = 12 * self.config.n_layer * self.config.n_head * self.h[0].attn.head_dim * seq_len
         return 6 * self.param_counts()["active"] + attention
 

@@ -101,8 +101,7 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
-    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
+    """RoPE (arXiv 2104.09864): pair (i, i + hd/2) at position p turns by p * inv_freq[i]."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -115,8 +114,7 @@ class RotaryEmbedding(nn.Module):
         T = x.size(2)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.type_as(x)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class SwiGLU(nn.Module):
@@ -318,8 +316,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
-        x = x + self.mlp(self.norm_2(x))
-        return x
+        return x + self.mlp(self.norm_2(x))
 
 
 class MultiTokenPrediction(nn.Module):
@@ -369,10 +366,9 @@ class MLAMoE(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
         -100 is ignored), plus in training the weighted MoE and MTP losses. With `cache`, idx continues it."""
-        T = idx.size(1)
-        start = cache[0].pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.wte(idx)  # (B, T, C); positions are rotated into the RoPE parts in each layer
         for i, block in enumerate(self.h):
             x = block(x, cache[i] if cache is not None else None)
@@ -382,7 +378,7 @@ class MLAMoE(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             if self.training:
                 loss = loss + sum(moe.weighted_loss for moe in self.moe_layers())  # V3 eq. 17
-                if self.mtp is not None and T > 1:
+                if self.mtp is not None and idx.size(1) > 1:
                     mtp_loss = self.mtp(x, targets, self.wte, self.lm_head)
                     self.mtp_loss = mtp_loss.detach()
                     loss = loss + self.config.mtp_weight * mtp_loss  # V3 eq. 25
@@ -432,8 +428,7 @@ class MLAMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without the
-        embedding table, a lookup) + 6 * seq_len * n_head * (dn + dr + dv) per attention layer, MTP's too."""
+        """Training FLOPs per token: 6 x active weights + attention, MTP's too (docs/mla_moe.md)."""
         config = self.config
         n_matmul = self.param_counts()["active"] - self.wte.weight.numel()
         n_attention = config.n_layer + (1 if self.mtp is not None else 0)

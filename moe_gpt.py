@@ -90,8 +90,7 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
-    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
+    """RoPE (arXiv 2104.09864): pair (i, i + hd/2) at position p turns by p * inv_freq[i]."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -104,8 +103,7 @@ class RotaryEmbedding(nn.Module):
         T = x.size(2)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.type_as(x)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class KVCache:
@@ -347,8 +345,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
-        x = x + self.mlp(self.norm_2(x))
-        return x
+        return x + self.mlp(self.norm_2(x))
 
 
 class MoEGPT(nn.Module):
@@ -367,8 +364,8 @@ class MoEGPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
-        # residual stream's variance does not grow with depth (Router and Experts init their own weights)
+        # GPT-2's normal(0, 0.02); 0.02 / sqrt(2 n_layer) at a residual branch's end: flat variance
+        # (Router and Experts init their own weights)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -376,10 +373,9 @@ class MoEGPT(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
         -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
-        T = idx.size(1)
-        start = cache[0].pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.drop(self.wte(idx))  # (B, T, C); positions are rotated into q and k in each layer
         for i, block in enumerate(self.h):
             x = block(x, cache[i] if cache is not None else None)
@@ -436,8 +432,7 @@ class MoEGPT(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without an
-        untied embedding table, a lookup) + 12 * n_layer * (n_head * head_dim) * seq_len for attention."""
+        """Training FLOPs per token: 6 x active weights + attention (PaLM; docs/modern_gpt.md)."""
         config = self.config
         n_matmul = self.param_counts()["active"] - (0 if config.tie_embeddings else self.wte.weight.numel())
         return 6 * n_matmul + 12 * config.n_layer * config.n_head * self.h[0].attn.head_dim * seq_len
