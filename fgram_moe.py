@@ -184,8 +184,7 @@ class SwiGLU(nn.Module):
 # ----------------------------------------------------------------------------- mixture of experts
 
 class MoE(nn.Module):
-    """NanoMoE's MoE: a float32 softmax router, the top_k of n_experts SwiGLU experts per token, renormalised,
-    Switch's balancing loss (eq. 4); tokens sorted by expert. moe_gpt.py holds the other options."""
+    """NanoMoE's plain MoE (docs/fgram_moe.md): softmax router, top_k of n_experts, Switch loss."""
 
     def __init__(self, config):
         super().__init__()
@@ -248,8 +247,7 @@ def fgram_keys(tokens, vocab_size):
 
 
 def mine_fgrams(ids, vocab_size, max_n, table_size):
-    """The table_size most frequent n-grams of `ids`, n = 2..max_n competing in one ranking, ties to the
-    smaller key: (table_size, max_n) int64, one n-gram per row, oldest token first, then -1 padding."""
+    """The table_size most frequent n-grams of `ids`, n = 2..max_n: (table_size, max_n), -1 padded."""
     ids = np.asarray(ids, dtype=np.int64)
     powers = (vocab_size + 1) ** np.arange(max_n, dtype=np.int64)  # fgram_keys's keys, in numpy
     keys, counts = [], []
@@ -265,8 +263,7 @@ def mine_fgrams(ids, vocab_size, max_n, table_size):
 
 
 def lookup_fgrams(idx, table, vocab_size):
-    """idx (B, T) -> (B, T, max_n - 1): the table row of the n-gram of tokens t-n+1..t for each n, -1 where
-    it is not in the table or begins before idx. A binary search among the table's sorted keys."""
+    """idx (B, T) -> (B, T, max_n - 1): the table row of the n-gram ending at t, per n; -1 if none."""
     sorted_keys, order = fgram_keys(table, vocab_size).sort()  # (F,)
     rows = []
     for n in range(2, table.size(1) + 1):  # a loop over the lengths only, never over batch or time
@@ -596,8 +593,7 @@ def main(argv=None):
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
             if tokenizer is None:
-                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
-                                 f"{args.ckpt} --prompt ... samples from it")
+                raise ValueError(f"{args.ckpt} reads a tokenizer.json: python load_hf.py --ckpt samples it")
         else:
             corpus = os.path.join(os.path.dirname(os.path.abspath(__file__)), "input.txt")  # its chars, n-grams
             train_ids, _, tokenizer = load_dataset(corpus)

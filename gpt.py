@@ -390,8 +390,7 @@ def main(argv=None):
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
             if tokenizer is None:
-                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
-                                 f"{args.ckpt} --prompt ... samples from it")
+                raise ValueError(f"{args.ckpt} reads a tokenizer.json: python load_hf.py --ckpt samples it")
         else:
             model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)

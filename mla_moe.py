@@ -62,7 +62,6 @@ class MLAMoEConfig:
 
 PRESETS = {
     "gpt2": {},  # GPT-2 small's shape: MLA caches 288 values per token per layer, MHA 1536
-    # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; r 48 + dr 16 = MHA's 256 / 4
     "cpu": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "kv_lora_rank": 48, "qk_nope_head_dim": 32,
                 "qk_rope_head_dim": 16, "v_head_dim": 32, "mlp_hidden": 384, "moe_hidden": 96},
 }
@@ -599,8 +598,7 @@ def main(argv=None):
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
             if tokenizer is None:
-                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
-                                 f"{args.ckpt} --prompt ... samples from it")
+                raise ValueError(f"{args.ckpt} reads a tokenizer.json: python load_hf.py --ckpt samples it")
         else:
             model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)

@@ -1,8 +1,7 @@
 """
-moe_gpt.py - modern_gpt.py with DeepSeekMoE (arXiv 2401.06066) feed-forward layers and the MoE toolkit: softmax
-or sigmoid gates (DeepSeek-V3, arXiv 2412.19437), Switch's balancing loss (arXiv 2101.03961), router z-loss
-(ST-MoE, arXiv 2202.08906), V3's bias balancing, sequence-wise loss and route scaling, GShard capacity (arXiv
-2006.16668), router noise, sorted dispatch. Qwen3-MoE loads into it (load_hf.py); docs/moe_gpt.md explains it.
+moe_gpt.py - modern_gpt.py with DeepSeekMoE (arXiv 2401.06066) feed-forward layers and the MoE toolkit of
+docs/moe_gpt.md: DeepSeek-V3's gates, bias balancing, sequence loss, route scaling (2412.19437), Switch's loss
+(2101.03961), ST-MoE's z-loss (2202.08906), GShard capacity (2006.16668), router noise. Qwen3-MoE loads (load_hf.py).
 
     python train.py --model_type moegpt --max_steps 1000         # nanoGPT's char-level CPU recipe, shorter
     python moe_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"       # sample from a checkpoint
@@ -61,7 +60,6 @@ class MoEGPTConfig:
 
 PRESETS = {  # each at its modern_gpt namesake's active size: shared + chosen experts = its SwiGLU
     "gpt2": {"n_layer": 12, "n_head": 12, "n_kv_head": 12, "n_embd": 768, "first_dense_layers": 1},  # 124M active
-    # nanoGPT's CPU recipe: a shared expert of 192 hidden units + 2 of 16 routed ones of 96 = SwiGLU 384
     "cpu": {"n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 128, "block_size": 64},
 }
 
@@ -601,8 +599,7 @@ def main(argv=None):
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
             if tokenizer is None:
-                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
-                                 f"{args.ckpt} --prompt ... samples from it")
+                raise ValueError(f"{args.ckpt} reads a tokenizer.json: python load_hf.py --ckpt samples it")
         else:
             model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
