@@ -364,8 +364,7 @@ class FgramMoE(nn.Module):
         return self.fgram_gate(x, cache.fgram_vectors, rows)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
-        -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
+        """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE terms in training)."""
         end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")

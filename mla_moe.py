@@ -84,8 +84,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_frequencies(config, head_dim):
-    """theta^(-2i/hd) per channel pair (RoFormer eq. 15). YaRN (§3.2, factor s > 1): pairs turning over 32 times in
-    the original context keep their speed, under once turn s times slower, a ramp between (softmax scale: MLA)."""
+    """theta^(-2i/hd) per channel pair (RoFormer eq. 15), YaRN's (§3.2, docs/mla_moe.md) if scaled."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
     if config.rope_scaling_factor == 1.0:
@@ -356,15 +355,13 @@ class MLAMoE(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
-        # residual stream's variance does not grow with depth (Router inits its own weights)
+        # GPT-2's normal(0, 0.02), 0.02 / sqrt(2 n_layer) at residual branch ends (Router: its own)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
-        -100 is ignored), plus in training the weighted MoE and MTP losses. With `cache`, idx continues it."""
+        """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE, MTP in training)."""
         end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")

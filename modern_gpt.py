@@ -236,8 +236,7 @@ class ModernGPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets
-        (B, T; -100 is ignored) when given. With `cache` (new_cache()) idx continues the cached positions."""
+        """idx (B, T) -> logits (B, T, V), and the loss on targets (B, T; -100 ignored) if given."""
         end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")

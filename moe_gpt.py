@@ -362,15 +362,13 @@ class MoEGPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # GPT-2's normal(0, 0.02); 0.02 / sqrt(2 n_layer) at a residual branch's end: flat variance
-        # (Router and Experts init their own weights)
+        # GPT-2's normal(0, 0.02), 0.02/sqrt(2 n_layer) at residual branch ends (Router, Experts: own)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
-        -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
+        """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE terms in training)."""
         end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
