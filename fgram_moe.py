@@ -12,7 +12,6 @@ import argparse
 import base64
 import math
 import os
-import sys
 import zlib
 from dataclasses import dataclass, replace
 
@@ -77,8 +76,7 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
-    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
+    """RoPE (arXiv 2104.09864): pair (i, i + hd/2) at position p turns by p * inv_freq[i]."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -91,8 +89,7 @@ class RotaryEmbedding(nn.Module):
         T = x.size(2)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.type_as(x)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class KVCache:
@@ -187,8 +184,7 @@ class SwiGLU(nn.Module):
 # ----------------------------------------------------------------------------- mixture of experts
 
 class MoE(nn.Module):
-    """NanoMoE's MoE: a float32 softmax router, the top_k of n_experts SwiGLU experts per token, renormalised,
-    Switch's balancing loss (eq. 4); tokens sorted by expert. moe_gpt.py holds the other options."""
+    """NanoMoE's plain MoE (docs/fgram_moe.md): softmax router, top_k of n_experts, Switch loss."""
 
     def __init__(self, config):
         super().__init__()
@@ -238,8 +234,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
-        x = x + self.mlp(self.norm_2(x))
-        return x
+        return x + self.mlp(self.norm_2(x))
 
 
 # ----------------------------------------------------------------------------- F-gram embeddings (docs/fgram_moe.md)
@@ -252,8 +247,7 @@ def fgram_keys(tokens, vocab_size):
 
 
 def mine_fgrams(ids, vocab_size, max_n, table_size):
-    """The table_size most frequent n-grams of `ids`, n = 2..max_n competing in one ranking, ties to the
-    smaller key: (table_size, max_n) int64, one n-gram per row, oldest token first, then -1 padding."""
+    """The table_size most frequent n-grams of `ids`, n = 2..max_n: (table_size, max_n), -1 padded."""
     ids = np.asarray(ids, dtype=np.int64)
     powers = (vocab_size + 1) ** np.arange(max_n, dtype=np.int64)  # fgram_keys's keys, in numpy
     keys, counts = [], []
@@ -269,8 +263,7 @@ def mine_fgrams(ids, vocab_size, max_n, table_size):
 
 
 def lookup_fgrams(idx, table, vocab_size):
-    """idx (B, T) -> (B, T, max_n - 1): the table row of the n-gram of tokens t-n+1..t for each n, -1 where
-    it is not in the table or begins before idx. A binary search among the table's sorted keys."""
+    """idx (B, T) -> (B, T, max_n - 1): the table row of the n-gram ending at t, per n; -1 if none."""
     sorted_keys, order = fgram_keys(table, vocab_size).sort()  # (F,)
     rows = []
     for n in range(2, table.size(1) + 1):  # a loop over the lengths only, never over batch or time
@@ -330,8 +323,7 @@ class FgramMoE(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
-        # residual stream's variance does not grow with depth
+        # GPT-2's normal(0, 0.02); 0.02 / sqrt(2 n_layer) at a residual branch's end: flat variance
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -372,12 +364,10 @@ class FgramMoE(nn.Module):
         return self.fgram_gate(x, cache.fgram_vectors, rows)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
-        -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
-        T = idx.size(1)
-        start = cache[0].pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE terms in training)."""
+        end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.drop(self.embed(idx, cache))  # (B, T, C); positions are rotated into q and k in each layer
         for i, block in enumerate(self.h):
             x = block(x, cache[i] if cache is not None else None)
@@ -434,8 +424,7 @@ class FgramMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters (the tied wte once, as the head;
-        the F-gram encoder as if per token) for the weight matmuls + 12 * n_layer * (n_head * head_dim) * seq_len."""
+        """Training FLOPs per token: 6 x active weights + attention (PaLM; docs/fgram_moe.md)."""
         attention = 12 * self.config.n_layer * self.config.n_head * self.h[0].attn.head_dim * seq_len
         return 6 * self.param_counts()["active"] + attention
 
@@ -467,9 +456,8 @@ GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "g
 
 
 class Tokenizer:
-    """Text <-> ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, read from data/gpt2.tiktoken
-    (no network); "bpe": a BPE learned by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs
-    are byte-level and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds the tokenizer."""
+    """Text <-> ids (docs/gpt.md): "char", an id per character of `chars`; "gpt2", GPT-2's BPE from
+    data/gpt2.tiktoken; "bpe", bpe.py's, whose merge i joins tokens merges[i] into token 256 + i."""
 
     def __init__(self, kind="gpt2", chars="", merges=()):
         self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
@@ -518,7 +506,6 @@ def load_dataset(path, tokenizer=None):
     with open(path, encoding="utf-8") as f:
         text = f.read()
     tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
-    # BPE ids cached as uint16 while newer than the text; the checksum tells learned BPEs of one size apart
     cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
     if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
         with np.load(cache) as saved:
@@ -548,8 +535,7 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def bounded(convert, low=None, high=None, low_open=False, high_open=False):
-    """An argparse type: convert(text) (int or float), finite and within low..high (an open end excludes its
-    bound). Its error names the allowed range; argparse puts the option's name in front of it."""
+    """An argparse type: convert(text), finite, in low..high (an open end excludes its bound)."""
     if low is not None and high is not None:
         allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     elif low is not None:
@@ -606,8 +592,7 @@ def main(argv=None):
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
             if tokenizer is None:
-                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
-                                 f"{args.ckpt} --prompt ... samples from it")
+                raise ValueError(f"{args.ckpt} reads a tokenizer.json: python load_hf.py --ckpt samples it")
         else:
             corpus = os.path.join(os.path.dirname(os.path.abspath(__file__)), "input.txt")  # its chars, n-grams
             train_ids, _, tokenizer = load_dataset(corpus)
@@ -618,8 +603,7 @@ def main(argv=None):
         if not prompt:
             raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        parser.error(str(err))  # one line and exit code 2, as for a bad option
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)

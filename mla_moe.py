@@ -11,7 +11,6 @@ import argparse
 import base64
 import math
 import os
-import sys
 import zlib
 from dataclasses import dataclass
 
@@ -63,7 +62,6 @@ class MLAMoEConfig:
 
 PRESETS = {
     "gpt2": {},  # GPT-2 small's shape: MLA caches 288 values per token per layer, MHA 1536
-    # nanoGPT's CPU Shakespeare recipe: 4 layers, 4 heads of 32, block 64; r 48 + dr 16 = MHA's 256 / 4
     "cpu": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "kv_lora_rank": 48, "qk_nope_head_dim": 32,
                 "qk_rope_head_dim": 16, "v_head_dim": 32, "mlp_hidden": 384, "moe_hidden": 96},
 }
@@ -86,8 +84,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_frequencies(config, head_dim):
-    """theta^(-2i/hd) per channel pair (RoFormer eq. 15). YaRN (§3.2, factor s > 1): pairs turning over 32 times in
-    the original context keep their speed, under once turn s times slower, a ramp between (softmax scale: MLA)."""
+    """theta^(-2i/hd) per channel pair (RoFormer eq. 15), YaRN's (§3.2, docs/mla_moe.md) if scaled."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings rotate pairs of channels: head size {head_dim} must be even")
     if config.rope_scaling_factor == 1.0:
@@ -102,8 +99,7 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
-    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
+    """RoPE (arXiv 2104.09864): pair (i, i + hd/2) at position p turns by p * inv_freq[i]."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -116,8 +112,7 @@ class RotaryEmbedding(nn.Module):
         T = x.size(2)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.type_as(x)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class SwiGLU(nn.Module):
@@ -319,8 +314,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
-        x = x + self.mlp(self.norm_2(x))
-        return x
+        return x + self.mlp(self.norm_2(x))
 
 
 class MultiTokenPrediction(nn.Module):
@@ -361,19 +355,16 @@ class MLAMoE(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
-        # residual stream's variance does not grow with depth (Router inits its own weights)
+        # GPT-2's normal(0, 0.02), 0.02 / sqrt(2 n_layer) at residual branch ends (Router: its own)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
-        -100 is ignored), plus in training the weighted MoE and MTP losses. With `cache`, idx continues it."""
-        T = idx.size(1)
-        start = cache[0].pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE, MTP in training)."""
+        end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.wte(idx)  # (B, T, C); positions are rotated into the RoPE parts in each layer
         for i, block in enumerate(self.h):
             x = block(x, cache[i] if cache is not None else None)
@@ -383,7 +374,7 @@ class MLAMoE(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             if self.training:
                 loss = loss + sum(moe.weighted_loss for moe in self.moe_layers())  # V3 eq. 17
-                if self.mtp is not None and T > 1:
+                if self.mtp is not None and idx.size(1) > 1:
                     mtp_loss = self.mtp(x, targets, self.wte, self.lm_head)
                     self.mtp_loss = mtp_loss.detach()
                     loss = loss + self.config.mtp_weight * mtp_loss  # V3 eq. 25
@@ -433,8 +424,7 @@ class MLAMoE(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without the
-        embedding table, a lookup) + 6 * seq_len * n_head * (dn + dr + dv) per attention layer, MTP's too."""
+        """Training FLOPs per token: 6 x active weights + attention, MTP's too (docs/mla_moe.md)."""
         config = self.config
         n_matmul = self.param_counts()["active"] - self.wte.weight.numel()
         n_attention = config.n_layer + (1 if self.mtp is not None else 0)
@@ -469,9 +459,8 @@ GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "g
 
 
 class Tokenizer:
-    """Text <-> ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, read from data/gpt2.tiktoken
-    (no network); "bpe": a BPE learned by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs
-    are byte-level and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds the tokenizer."""
+    """Text <-> ids (docs/gpt.md): "char", an id per character of `chars`; "gpt2", GPT-2's BPE from
+    data/gpt2.tiktoken; "bpe", bpe.py's, whose merge i joins tokens merges[i] into token 256 + i."""
 
     def __init__(self, kind="gpt2", chars="", merges=()):
         self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
@@ -520,7 +509,6 @@ def load_dataset(path, tokenizer=None):
     with open(path, encoding="utf-8") as f:
         text = f.read()
     tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
-    # BPE ids cached as uint16 while newer than the text; the checksum tells learned BPEs of one size apart
     cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
     if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
         with np.load(cache) as saved:
@@ -550,8 +538,7 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def bounded(convert, low=None, high=None, low_open=False, high_open=False):
-    """An argparse type: convert(text) (int or float), finite and within low..high (an open end excludes its
-    bound). Its error names the allowed range; argparse puts the option's name in front of it."""
+    """An argparse type: convert(text), finite, in low..high (an open end excludes its bound)."""
     if low is not None and high is not None:
         allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     elif low is not None:
@@ -608,16 +595,14 @@ def main(argv=None):
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
             if tokenizer is None:
-                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
-                                 f"{args.ckpt} --prompt ... samples from it")
+                raise ValueError(f"{args.ckpt} reads a tokenizer.json: python load_hf.py --ckpt samples it")
         else:
             model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
         if not prompt:
             raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        parser.error(str(err))  # one line and exit code 2, as for a bad option
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)

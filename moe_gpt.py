@@ -1,8 +1,7 @@
 """
-moe_gpt.py - modern_gpt.py with DeepSeekMoE (arXiv 2401.06066) feed-forward layers and the MoE toolkit: softmax
-or sigmoid gates (DeepSeek-V3, arXiv 2412.19437), Switch's balancing loss (arXiv 2101.03961), router z-loss
-(ST-MoE, arXiv 2202.08906), V3's bias balancing, sequence-wise loss and route scaling, GShard capacity (arXiv
-2006.16668), router noise, sorted dispatch. Qwen3-MoE loads into it (load_hf.py); docs/moe_gpt.md explains it.
+moe_gpt.py - modern_gpt.py with DeepSeekMoE (arXiv 2401.06066) feed-forward layers and the MoE toolkit of
+docs/moe_gpt.md: DeepSeek-V3's gates, bias balancing, sequence loss, route scaling (2412.19437), Switch's loss
+(2101.03961), ST-MoE's z-loss (2202.08906), GShard capacity (2006.16668), router noise. Qwen3-MoE loads (load_hf.py).
 
     python train.py --model_type moegpt --max_steps 1000         # nanoGPT's char-level CPU recipe, shorter
     python moe_gpt.py --ckpt out/ckpt.pt --prompt "ROMEO:"       # sample from a checkpoint
@@ -12,7 +11,6 @@ import argparse
 import base64
 import math
 import os
-import sys
 import zlib
 from dataclasses import dataclass
 
@@ -62,7 +60,6 @@ class MoEGPTConfig:
 
 PRESETS = {  # each at its modern_gpt namesake's active size: shared + chosen experts = its SwiGLU
     "gpt2": {"n_layer": 12, "n_head": 12, "n_kv_head": 12, "n_embd": 768, "first_dense_layers": 1},  # 124M active
-    # nanoGPT's CPU recipe: a shared expert of 192 hidden units + 2 of 16 routed ones of 96 = SwiGLU 384
     "cpu": {"n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 128, "block_size": 64},
 }
 
@@ -91,8 +88,7 @@ def rope_frequencies(config, head_dim):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE (RoFormer, arXiv 2104.09864, eqs. 13-15, 34): channel pair i at position p turns by p * inv_freq[i],
-    so q . k depends on the offset only. Pairs (i, i + hd/2) as Llama's: the paper's (2i, 2i+1) reordered."""
+    """RoPE (arXiv 2104.09864): pair (i, i + hd/2) at position p turns by p * inv_freq[i]."""
 
     def __init__(self, inv_freq, max_len):
         super().__init__()
@@ -105,8 +101,7 @@ class RotaryEmbedding(nn.Module):
         T = x.size(2)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.type_as(x)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class KVCache:
@@ -348,8 +343,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm_1(x), cache)
-        x = x + self.mlp(self.norm_2(x))
-        return x
+        return x + self.mlp(self.norm_2(x))
 
 
 class MoEGPT(nn.Module):
@@ -368,19 +362,16 @@ class MoEGPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # normal(0, 0.02) as GPT-2; a Linear that ends a residual branch gets 0.02 / sqrt(2 n_layer), so the
-        # residual stream's variance does not grow with depth (Router and Experts init their own weights)
+        # GPT-2's normal(0, 0.02), 0.02/sqrt(2 n_layer) at residual branch ends (Router, Experts: own)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_branch_end", False) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy against targets (B, T;
-        -100 is ignored), plus in training the weighted MoE losses. With `cache`, idx continues it."""
-        T = idx.size(1)
-        start = cache[0].pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE terms in training)."""
+        end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.drop(self.wte(idx))  # (B, T, C); positions are rotated into q and k in each layer
         for i, block in enumerate(self.h):
             x = block(x, cache[i] if cache is not None else None)
@@ -437,8 +428,7 @@ class MoEGPT(nn.Module):
         return {"total": total, "active": total - round(idle)}
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token, PaLM (arXiv 2204.02311) app. B: 6 x parameters for the weight matmuls (without an
-        untied embedding table, a lookup) + 12 * n_layer * (n_head * head_dim) * seq_len for attention."""
+        """Training FLOPs per token: 6 x active weights + attention (PaLM; docs/modern_gpt.md)."""
         config = self.config
         n_matmul = self.param_counts()["active"] - (0 if config.tie_embeddings else self.wte.weight.numel())
         return 6 * n_matmul + 12 * config.n_layer * config.n_head * self.h[0].attn.head_dim * seq_len
@@ -471,9 +461,8 @@ GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "g
 
 
 class Tokenizer:
-    """Text <-> ids. "char": one id per character of `chars`; "gpt2": GPT-2's BPE, read from data/gpt2.tiktoken
-    (no network); "bpe": a BPE learned by bpe.py, merge i joining tokens merges[i] into token 256 + i. Both BPEs
-    are byte-level and run in tiktoken. A checkpoint keeps state(); Tokenizer(**state) rebuilds the tokenizer."""
+    """Text <-> ids (docs/gpt.md): "char", an id per character of `chars`; "gpt2", GPT-2's BPE from
+    data/gpt2.tiktoken; "bpe", bpe.py's, whose merge i joins tokens merges[i] into token 256 + i."""
 
     def __init__(self, kind="gpt2", chars="", merges=()):
         self.kind, self.chars, self.merges = kind, chars, [tuple(pair) for pair in merges]
@@ -522,7 +511,6 @@ def load_dataset(path, tokenizer=None):
     with open(path, encoding="utf-8") as f:
         text = f.read()
     tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
-    # BPE ids cached as uint16 while newer than the text; the checksum tells learned BPEs of one size apart
     cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
     if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
         with np.load(cache) as saved:
@@ -552,8 +540,7 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 # ----------------------------------------------------------------------------- checkpoints and demo
 
 def bounded(convert, low=None, high=None, low_open=False, high_open=False):
-    """An argparse type: convert(text) (int or float), finite and within low..high (an open end excludes its
-    bound). Its error names the allowed range; argparse puts the option's name in front of it."""
+    """An argparse type: convert(text), finite, in low..high (an open end excludes its bound)."""
     if low is not None and high is not None:
         allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     elif low is not None:
@@ -610,16 +597,14 @@ def main(argv=None):
         if args.ckpt:
             model, tokenizer, _ = load_checkpoint(args.ckpt, args.device)
             if tokenizer is None:
-                raise ValueError(f"{args.ckpt} reads a released model's tokenizer.json: python load_hf.py --ckpt "
-                                 f"{args.ckpt} --prompt ... samples from it")
+                raise ValueError(f"{args.ckpt} reads a tokenizer.json: python load_hf.py --ckpt samples it")
         else:
             model, tokenizer = Model(Config(**PRESETS["cpu"])).to(args.device).eval(), Tokenizer("gpt2")
         prompt = tokenizer.encode(args.prompt)
         if not prompt:
             raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'ROMEO:'")
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        parser.error(str(err))  # one line and exit code 2, as for a bad option
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
