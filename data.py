@@ -12,8 +12,10 @@ shards hold); --tokenizer overrides (bpe: learned from the corpus by
 bpe.py); a resumed run keeps its checkpoint's. The token ids themselves come from the model file's
 load_dataset, so a model file copied alone reads the same data.
 """
+import argparse
 import glob
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -23,6 +25,30 @@ import torch
 
 class UsageError(Exception):
     """A mistake in the command line or the input: reported in one line, without a traceback."""
+
+
+def bounded(convert, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: convert(text) (int or float), finite and within low..high (an open end excludes its
+    bound). Its error names the allowed range; argparse puts the option's name in front of it. Every script's
+    numeric options use it."""
+    if low is not None and high is not None:
+        allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_open else '>='} {low}"
+    else:
+        allowed = f"{'<' if high_open else '<='} {high}"
+    kind = "a finite number" if convert is float else "an integer"
+
+    def parse(text):
+        value = convert(text)  # a ValueError here is argparse's own "invalid int value: 'x'"
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if (isinstance(value, float) and not math.isfinite(value)) or below or above:  # ints: any size
+            raise argparse.ArgumentTypeError(f"{text} is not {kind} {allowed}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
 
 
 @dataclass

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 import gpt
 import load_gpt2
-from gpt import bounded
+from data import bounded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAD_ID = 50256  # <|endoftext|>: ends every response and pads the rows

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 import gpt
 import load_gpt2
-from gpt import bounded
+from data import bounded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"

@@ -778,7 +778,7 @@ token_count.__name__ = "int"  # argparse's "invalid int value: 'x'"
 
 
 def parse_args(argv):
-    from gpt import bounded
+    from data import bounded
     p = argparse.ArgumentParser(description="A corpus (hub parquet or local files) into llm.c-format token shards, "
                                             "resumable: run the same command again to continue.")
     p.error = lambda message: p.exit(2, f"error: {message} (python fineweb.py --help lists the options)\n")

@@ -62,7 +62,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import load_hf
-from gpt import bounded
+from data import bounded
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VALIDATION_EXAMPLES = 10042

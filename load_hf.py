@@ -45,7 +45,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import gpt
-from gpt import bounded
+from data import bounded
 from hf_families import FAMILIES, REQUIRED, SAME, Fixed, Ours, refuse, unexportable
 
 HUB_URL = "https://huggingface.co/{repo}/resolve/main/{filename}"

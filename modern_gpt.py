@@ -399,28 +399,6 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
 
 # ----------------------------------------------------------------------------- checkpoints and demo
 
-def bounded(convert, low=None, high=None, low_open=False, high_open=False):
-    """An argparse type: convert(text), finite, in low..high (an open end excludes its bound)."""
-    if low is not None and high is not None:
-        allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    elif low is not None:
-        allowed = f"{'>' if low_open else '>='} {low}"
-    else:
-        allowed = f"{'<' if high_open else '<='} {high}"
-    kind = "a finite number" if convert is float else "an integer"
-
-    def parse(text):
-        value = convert(text)  # a ValueError here is argparse's own "invalid int value: 'x'"
-        below = low is not None and (value <= low if low_open else value < low)
-        above = high is not None and (value >= high if high_open else value > high)
-        if (isinstance(value, float) and not math.isfinite(value)) or below or above:  # ints: any size
-            raise argparse.ArgumentTypeError(f"{text} is not {kind} {allowed}")
-        return value
-
-    parse.__name__ = convert.__name__
-    return parse
-
-
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode, tokenizer or None, checkpoint dict) from train.py's file, read with weights_only=True."""
     if not os.path.isfile(path):
@@ -444,14 +422,21 @@ def main(argv=None):
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
     parser.add_argument("--ckpt", help="a checkpoint written by train.py; none: random weights of the cpu preset")
     parser.add_argument("--prompt", default="\n", help="the text to continue (default: %(default)r)")
-    parser.add_argument("--max_new_tokens", type=bounded(int, 0), default=200, help="how many tokens to generate")
-    parser.add_argument("--temperature", type=bounded(float, 0), default=0.8, help="divides the logits; 0: greedy")
-    parser.add_argument("--top_k", type=bounded(int, 0), default=200, help="draw among the k likeliest tokens; 0: all")
-    parser.add_argument("--top_p", type=bounded(float, 0, 1, low_open=True), default=1.0,
+    parser.add_argument("--max_new_tokens", type=int, default=200, help="how many tokens to generate")
+    parser.add_argument("--temperature", type=float, default=0.8, help="divides the logits; 0: greedy")
+    parser.add_argument("--top_k", type=int, default=200, help="draw among the k likeliest tokens; 0: all")
+    parser.add_argument("--top_p", type=float, default=1.0,
                         help="draw among the likeliest tokens that hold probability top_p (nucleus); 1: all")
-    parser.add_argument("--seed", type=bounded(int, 0, 2**64 - 1), default=1337, help="fixes the draws, random weights")
+    parser.add_argument("--seed", type=int, default=1337, help="fixes the draws, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, mps, ...")
     args = parser.parse_args(argv)
+    for name, allowed, ok in (("max_new_tokens", "an integer >= 0", args.max_new_tokens >= 0),
+                              ("temperature", "a finite number >= 0", 0 <= args.temperature < math.inf),
+                              ("top_k", "an integer >= 0", args.top_k >= 0),
+                              ("top_p", "a finite number in (0, 1]", 0 < args.top_p <= 1),
+                              ("seed", "an integer in [0, 2**64)", 0 <= args.seed < 2**64)):
+        if not ok:  # nan fails every comparison
+            parser.error(f"argument --{name}: {getattr(args, name)} is not {allowed}")
     torch.manual_seed(args.seed)
     try:
         if args.ckpt:

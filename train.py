@@ -51,8 +51,7 @@ import data
 import muon
 import parallel
 import plot
-from data import UsageError
-from gpt import bounded
+from data import UsageError, bounded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_FILES = {"gpt": "gpt", "moderngpt": "modern_gpt", "moegpt": "moe_gpt", "mlamoe": "mla_moe", "fgram": "fgram_moe"}

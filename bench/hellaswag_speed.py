@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gpt
 import hellaswag
-from gpt import bounded
+from data import bounded
 
 INPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "input.txt")
 
