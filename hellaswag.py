@@ -59,7 +59,6 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import load_hf
 from data import bounded
@@ -174,45 +173,95 @@ def windows(ids, n_scored, block_size):
 
 # ----------------------------------------------------------------------------- scoring
 
+def shared_prefix(group):
+    """How many ids the rows (ids, n scored, row) of one text share at the start, at most the shortest's length - 1
+    (the last shared position predicts each row's own next id). The rows are context ids + continuation ids, so this
+    is at least the context's length; it is more where all four endings begin alike."""
+    first, shortest = group[0][0], min(len(ids) for ids, _, _ in group)
+    p = 0
+    while p < shortest - 1 and all(ids[p] == first[p] for ids, _, _ in group):
+        p += 1
+    return p
+
+
+def replicate(cache, n):
+    """A cache of one row (model.new_cache(1), filled) as n copies of it. Relies on what every model file's cache is
+    (checked against main at 4581f9c, and by tests/test_hellaswag.py on all five): a list with one object per layer
+    whose tensors hold the batch first (KVCache's k, v (B, n_kv, block_size, hd); mla_moe's LatentKVCache latent
+    (B, block_size, r + dr)) and an int pos; fgram_moe's list also keeps recent_tokens (B, <= max_n - 1) and
+    fgram_vectors (F, C), the one tensor that is not per row. So every tensor attribute whose first dimension is 1 is
+    repeated n times (a copy: the next forward writes into it); fgram_vectors of F = 1 becomes n copies of the one
+    vector every row index reads."""
+    for holder in (cache, *cache):
+        for name, value in list(getattr(holder, "__dict__", {}).items()):
+            if torch.is_tensor(value) and value.dim() and value.size(0) == 1:
+                setattr(holder, name, value.repeat(n, *[1] * (value.dim() - 1)))
+    return cache
+
+
 @torch.no_grad()
-def score_pieces(model, pieces, n_rows, device, autocast, batch_rows, n_forwards, progress=False):
-    """Summed log-likelihood of each row (float64, n_rows) from pieces (ids, n scored, row): batches of batch_rows
-    pieces, longest first, right-padded. Only the scored positions go through the model's lm_head (a forward
-    pre-hook picks them, as nanoGPT's generate keeps only the last position) and log_softmax, in float32. Then dummy
-    forwards up to n_forwards, so every rank calls the model equally often."""
-    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][0]))
+def score_rows(model, pieces, groups, n_rows, device, autocast, batch_rows, n_forwards, progress=False):
+    """Summed log-likelihood of each row (float64, n_rows), two ways. pieces (ids, n scored, row): batches of
+    batch_rows pieces, longest first, right-padded. groups (p, the four rows (ids, n, row) of one text): their first p
+    ids, which all four share, once through the model with a KV cache, the cache repeated four times, then the rest of
+    each row after it, right-padded; one text per forward (its own cache length: the models take no padding mask).
+    Only the scored positions go through the model's lm_head (a forward pre-hook picks them, as nanoGPT's generate
+    keeps only the last position) and log_softmax, in float32. Then dummy forwards up to n_forwards, so every rank
+    calls the model equally often."""
+    net = getattr(model, "module", model)  # a DDP wrapper's own forward would rebuild fgram_moe's cache as a list
     sums = torch.zeros(n_rows, dtype=torch.float64)
-    batches = [order[i:i + batch_rows] for i in range(0, len(order), batch_rows)]
-    scored = {}  # this batch's (b, t) positions of the logits that are scored
-    head = getattr(getattr(model, "module", model), "lm_head", None)  # every model file has one; else all positions
-    hook = head.register_forward_pre_hook(lambda _, inputs: (inputs[0][scored["b"], scored["t"]],)) if head else None
+    picked, calls = {}, [0]  # this forward's (b, t) positions of the logits that are scored; forwards so far
+    head = getattr(net, "lm_head", None)  # every model file has one; else all positions come back
+    hook = head.register_forward_pre_hook(lambda _, inputs: (inputs[0][picked["b"], picked["t"]],)) if head else None
+
+    def forward(x, scored, cache=None):
+        """Add into sums the log-likelihood of each scored (b, t, id, row): the logit at x's (b, t) predicts id."""
+        slots = {}  # (b, t) -> its place among the picked positions: rows that share a position share its logits
+        place = [slots.setdefault((b, t), len(slots)) for b, t, _, _ in scored]
+        picked["b"], picked["t"] = torch.tensor(list(slots), dtype=torch.long, device=device).view(-1, 2).unbind(1)
+        with autocast:
+            logits, _ = net(x.to(device)) if cache is None else net(x.to(device), cache=cache)
+        if logits.dim() == 3:  # (B, T, vocab_size) from a model without lm_head, else (positions, vocab_size)
+            logits = logits[picked["b"], picked["t"]]
+        logprobs = logits.float().log_softmax(-1)
+        ids = torch.tensor([s[2] for s in scored], dtype=torch.long, device=device)
+        loglik = logprobs[torch.tensor(place, dtype=torch.long, device=device), ids]  # (len(scored),)
+        sums.index_add_(0, torch.tensor([s[3] for s in scored], dtype=torch.long), loglik.double().cpu())
+        calls[0] += 1
+        if progress:
+            print(f"\rhellaswag: forward {calls[0]} of {n_forwards}", end="", file=sys.stderr, flush=True)
+
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][0]))
     try:
-        for number, batch in enumerate(batches):
+        for batch in (order[i:i + batch_rows] for i in range(0, len(order), batch_rows)):
             x = torch.zeros(len(batch), len(pieces[batch[0]][0]) - 1, dtype=torch.long)  # (B, T), right-padded
-            where, targets, rows = [], [], []  # per scored id: (b, t) of the logit predicting it, the id, its row
+            scored = []
             for b, i in enumerate(batch):
                 ids, n, row = pieces[i]
                 x[b, :len(ids) - 1] = torch.tensor(ids[:-1])
-                where += [(b, t) for t in range(len(ids) - 1 - n, len(ids) - 1)]  # the logit at t predicts ids[t + 1]
-                targets += ids[-n:]
-                rows += [row] * n
-            scored["b"], scored["t"] = torch.tensor(where, device=device).unbind(1)
-            with autocast:
-                logits, _ = model(x.to(device))  # (N, vocab_size) through the hook, else (B, T, vocab_size)
-            if logits.dim() == 3:
-                logits = logits[scored["b"], scored["t"]]
-            loglik = -F.cross_entropy(logits.float(), torch.tensor(targets, device=device), reduction="none")  # (N,)
-            sums.index_add_(0, torch.tensor(rows), loglik.double().cpu())
-            if progress:
-                print(f"\rhellaswag: batch {number + 1} of {len(batches)}", end="", file=sys.stderr, flush=True)
+                scored += [(b, t, ids[t + 1], row) for t in range(len(ids) - 1 - n, len(ids) - 1)]
+            forward(x, scored)
+        for p, group in groups:
+            cache = net.new_cache(1)
+            # position t < p predicts the id at t + 1: one all rows share, or at p - 1 each row's own
+            forward(torch.tensor([group[0][0][:p]]), [(0, j - 1, ids[j], row) for ids, n, row in group
+                                                      for j in range(len(ids) - n, p + 1)], cache)
+            rest = [(ids, n, row) for ids, n, row in group if len(ids) - 1 > p]  # rows with ids left to feed
+            if rest:
+                x = torch.zeros(len(rest), max(len(ids) for ids, _, _ in rest) - 1 - p, dtype=torch.long)
+                scored = []
+                for b, (ids, n, row) in enumerate(rest):
+                    x[b, :len(ids) - 1 - p] = torch.tensor(ids[p:-1])  # after the cache: x's t is position p + t
+                    scored += [(b, j - p - 1, ids[j], row) for j in range(max(len(ids) - n, p + 1), len(ids))]
+                forward(x, scored, replicate(cache, len(rest)))
     finally:
         if hook:
             hook.remove()
-    if progress and batches:
+    if progress and calls[0]:
         print(file=sys.stderr)
-    for _ in range(n_forwards - len(batches)):
+    for _ in range(n_forwards - calls[0]):
         with autocast:
-            model(torch.zeros(1, 1, dtype=torch.long, device=device))
+            net(torch.zeros(1, 1, dtype=torch.long, device=device))
     return sums
 
 
@@ -222,13 +271,15 @@ def first_max(scores):
 
 
 def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1, batch_rows=32,
-             renderings=RENDERINGS, progress=False):
+             renderings=RENDERINGS, progress=False, use_cache=True):
     """Score `examples` (read_examples' dicts) with `model` (model(idx) -> (logits (B, T, V), loss)) and `tokenizer`
     (.encode(text) -> ids, ValueError for text it cannot encode). Rank `rank` of `world` scores examples[rank::world]
     and the counts are summed over the process group (torch.distributed, initialised by the caller when world > 1).
     autocast: the context of every forward (torch.autocast("cuda", dtype=torch.bfloat16) on a GPU; None: none);
-    batch_rows: rows (context + one ending) per forward; renderings: the texts to score, both by default (the
-    harness's metrics need "harness", build-nanogpt's "nanogpt").
+    batch_rows: rows (context + one ending) per forward where the whole rows are scored; renderings: the texts to
+    score, both by default (the harness's metrics need "harness", build-nanogpt's "nanogpt"); use_cache: a text's
+    context once through the model for its four endings where the model has new_cache(batch_size) and
+    forward(idx, cache=) (every model file) and the rows fit block_size (else, or if False, whole rows, batched).
 
     Returns a dict of the totals over all ranks: acc, acc_norm, acc_harness, acc_norm_harness (None when nothing
     was scored or the text was not asked for), examples (all given), scored, skipped (holding characters the
@@ -236,9 +287,11 @@ def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1,
     do not start with the context's), seconds (wall time); and records: this rank's examples, one dict each (ind,
     label, per text the four endings' summed log-likelihoods and token counts, the predictions), in its order."""
     start = time.perf_counter()
-    block_size = getattr(model, "module", model).config.block_size  # a DDP wrapper keeps the model in .module
+    net = getattr(model, "module", model)  # a DDP wrapper keeps the model in .module
+    block_size, use_cache = net.config.block_size, use_cache and hasattr(net, "new_cache")
     mine = examples[rank::world]
-    pieces, rows, records, boundary = [], [], [], 0  # rows: (record, text) of each ending; pieces add into rows
+    pieces, groups, rows, records, boundary = [], [], [], [], 0  # rows: (record, text) of each ending; pieces and
+    # groups (a text's shared prefix length, its four rows) add into rows
     for example in mine:
         record = {"ind": example["ind"], "label": example["label"]}
         records.append(record)
@@ -254,13 +307,20 @@ def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1,
             record[name] = {"loglik": [], "tokens": [len(continuation) for _, continuation, _ in pairs]}
             if texts[name][2] is not None:
                 record[name]["chars"] = texts[name][2]
+            group = []  # (ids, n scored, row) of the four endings
             for context_ids, continuation_ids, clean in pairs:
-                ids = context_ids + continuation_ids
                 boundary += not clean
-                record["truncated"] |= len(ids) - 1 > block_size
-                pieces += [(piece, n, len(rows)) for piece, n in windows(ids, len(continuation_ids), block_size)]
+                group.append((context_ids + continuation_ids, len(continuation_ids), len(rows)))
                 rows.append((record, name))
-    n_forwards = math.ceil(len(pieces) / batch_rows)
+            fits = all(len(ids) - 1 <= block_size for ids, _, _ in group)
+            record["truncated"] |= not fits
+            p = shared_prefix(group)
+            if use_cache and fits and p:
+                groups.append((p, group))
+            else:
+                pieces += [(piece, k, row) for ids, n, row in group for piece, k in windows(ids, n, block_size)]
+    n_forwards = math.ceil(len(pieces) / batch_rows) + sum(1 + any(len(ids) - 1 > p for ids, _, _ in group)
+                                                           for p, group in groups)
     if world > 1:
         most = torch.tensor([n_forwards], device=device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
@@ -268,8 +328,8 @@ def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1,
     was_training = model.training
     model.eval()
     try:
-        sums = score_pieces(model, pieces, len(rows), device, autocast or nullcontext(), batch_rows, n_forwards,
-                            progress)
+        sums = score_rows(model, pieces, groups, len(rows), device, autocast or nullcontext(), batch_rows,
+                          n_forwards, progress)
     finally:
         model.train(was_training)
     for (record, name), loglik in zip(rows, sums.tolist()):
