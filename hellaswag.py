@@ -184,18 +184,22 @@ def shared_prefix(group):
     return p
 
 
-def replicate(cache, n):
-    """A cache of one row (model.new_cache(1), filled) as n copies of it. Relies on what every model file's cache is
-    (checked against main at 4581f9c, and by tests/test_hellaswag.py on all five): a list with one object per layer
-    whose tensors hold the batch first (KVCache's k, v (B, n_kv, block_size, hd); mla_moe's LatentKVCache latent
-    (B, block_size, r + dr)) and an int pos; fgram_moe's list also keeps recent_tokens (B, <= max_n - 1) and
+def replicate(cache, n, spare):
+    """A cache of one row (model.new_cache(1), filled) as n copies of it, written into spare's tensors of earlier
+    calls where they fit (a fresh n-row copy of a block_size-long cache costs page faults). Relies on what every model
+    file's cache is (checked against main at 4581f9c, and by tests/test_hellaswag.py on all five): a list of one object
+    per layer whose tensors hold the batch first (KVCache's k, v (B, n_kv, block_size, hd); mla_moe's LatentKVCache
+    latent (B, block_size, r + dr)) and an int pos; fgram_moe's list also keeps recent_tokens (B, <= max_n - 1) and
     fgram_vectors (F, C), the one tensor that is not per row. So every tensor attribute whose first dimension is 1 is
     repeated n times (a copy: the next forward writes into it); fgram_vectors of F = 1 becomes n copies of the one
     vector every row index reads."""
-    for holder in (cache, *cache):
+    for i, holder in enumerate((cache, *cache)):
         for name, value in list(getattr(holder, "__dict__", {}).items()):
             if torch.is_tensor(value) and value.dim() and value.size(0) == 1:
-                setattr(holder, name, value.repeat(n, *[1] * (value.dim() - 1)))
+                shape, into = (n, *value.shape[1:]), spare.get((i, name))
+                if into is None or into.shape != shape or into.dtype != value.dtype:
+                    into = spare[i, name] = value.new_empty(shape)
+                setattr(holder, name, into.copy_(value.expand(shape)))
     return cache
 
 
@@ -210,7 +214,7 @@ def score_rows(model, pieces, groups, n_rows, device, autocast, batch_rows, n_fo
     calls the model equally often."""
     net = getattr(model, "module", model)  # a DDP wrapper's own forward would rebuild fgram_moe's cache as a list
     sums = torch.zeros(n_rows, dtype=torch.float64)
-    picked, calls = {}, [0]  # this forward's (b, t) positions of the logits that are scored; forwards so far
+    picked, calls, spare = {}, [0], {}  # this forward's (b, t) positions of the logits that are scored; forwards so far
     head = getattr(net, "lm_head", None)  # every model file has one; else all positions come back
     hook = head.register_forward_pre_hook(lambda _, inputs: (inputs[0][picked["b"], picked["t"]],)) if head else None
 
@@ -253,7 +257,7 @@ def score_rows(model, pieces, groups, n_rows, device, autocast, batch_rows, n_fo
                 for b, (ids, n, row) in enumerate(rest):
                     x[b, :len(ids) - 1 - p] = torch.tensor(ids[p:-1])  # after the cache: x's t is position p + t
                     scored += [(b, j - p - 1, ids[j], row) for j in range(max(len(ids) - n, p + 1), len(ids))]
-                forward(x, scored, replicate(cache, len(rest)))
+                forward(x, scored, replicate(cache, len(rest), spare))
     finally:
         if hook:
             hook.remove()
