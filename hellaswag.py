@@ -25,10 +25,12 @@ model's block_size keep their last block_size + 1 tokens (the harness's left cut
 (a char model) is scored in windows, each token predicted from up to block_size tokens before it. A char vocabulary
 cannot read every character: such examples are skipped and counted, never a crash.
 
-Speed: the rows of many examples (4 endings x 2 texts each) go through the model together, longest first, right-
-padded (a causal model's real positions never see the padding); only the scored positions go through the model's
-lm_head and log_softmax; bf16 autocast on a GPU; under torchrun each rank scores every world-th example and the
-counts are summed. bench/hellaswag_speed.py compares it with build-nanogpt's one-example-at-a-time loop.
+Speed: each text's context (the ids its four rows share) goes through the model once, with the model's KV cache
+(model.new_cache), which is then repeated for the four endings, fed as one right-padded batch after it (a causal
+model's real positions never see the padding); where the cache does not apply (rows cut at block_size, a model
+without new_cache) the whole rows of many examples go through together, longest first. Only the scored positions
+go through the model's lm_head and log_softmax; bf16 autocast on a GPU; under torchrun each rank scores every
+world-th example and the counts are summed. bench/hellaswag_speed.py compares it with build-nanogpt's loop.
 
     python hellaswag.py --ckpt out/ckpt.pt                       # a train.py checkpoint, any model file
     python hellaswag.py --model HuggingFaceTB/SmolLM2-135M       # a released checkpoint, through load_hf.py
@@ -43,9 +45,9 @@ Python (train.py's --hellaswag_interval, on every rank):
     examples = hellaswag.read_examples(path, limit)   # list of dicts; ValueError with a one-line message
     result = hellaswag.evaluate(model, tokenizer, examples, device, autocast, rank, world)
     result["acc_norm"], result["acc_norm_harness"], result["scored"], result["seconds"], ...
-evaluate takes the model itself (or its DDP wrapper; not a torch.compile'd one: every batch has its own length),
-restores its train/eval mode, calls it the same number of times on every rank (DDP and FSDP forwards talk to each
-other), and returns the totals over all ranks; see its docstring.
+evaluate takes the model itself (or its DDP wrapper, whose inner model it calls; not a torch.compile'd one: every
+batch has its own length), restores its train/eval mode, calls it the same number of times on every rank (FSDP's
+forwards gather the weights from all ranks), and returns the totals over all ranks; see its docstring.
 """
 import argparse
 import importlib
@@ -185,21 +187,21 @@ def shared_prefix(group):
 
 
 def replicate(cache, n, spare):
-    """A cache of one row (model.new_cache(1), filled) as n copies of it, written into spare's tensors of earlier
-    calls where they fit (a fresh n-row copy of a block_size-long cache costs page faults). Relies on what every model
-    file's cache is (checked against main at 4581f9c, and by tests/test_hellaswag.py on all five): a list of one object
-    per layer whose tensors hold the batch first (KVCache's k, v (B, n_kv, block_size, hd); mla_moe's LatentKVCache
-    latent (B, block_size, r + dr)) and an int pos; fgram_moe's list also keeps recent_tokens (B, <= max_n - 1) and
-    fgram_vectors (F, C), the one tensor that is not per row. So every tensor attribute whose first dimension is 1 is
-    repeated n times (a copy: the next forward writes into it); fgram_vectors of F = 1 becomes n copies of the one
-    vector every row index reads."""
+    """A cache of one row (model.new_cache(1), filled) as n copies of it, in place, written into the tensors in spare
+    that earlier calls left (a fresh n-row copy of a block_size-long cache costs page faults: a third of the time at
+    GPT-2 124M's shape). Relies on the model files' cache as main has it at 638c2d1 (tests/test_hellaswag.py checks
+    all five): a list of one object per layer whose tensors hold the batch first (KVCache's k, v (B, n_kv,
+    block_size, hd), mla_moe's LatentKVCache latent (B, block_size, r + dr)) beside an int pos; fgram_moe's list also
+    keeps recent_tokens (B, <= max_n - 1) and fgram_vectors (F, C), the one tensor that is not per row. So every
+    tensor attribute whose first dimension is 1 is repeated n times (copied: the next forward writes into it); an
+    fgram_vectors of F = 1 becomes n copies of the one vector that every row index reads."""
     for i, holder in enumerate((cache, *cache)):
         for name, value in list(getattr(holder, "__dict__", {}).items()):
             if torch.is_tensor(value) and value.dim() and value.size(0) == 1:
-                shape, into = (n, *value.shape[1:]), spare.get((i, name))
-                if into is None or into.shape != shape or into.dtype != value.dtype:
-                    into = spare[i, name] = value.new_empty(shape)
-                setattr(holder, name, into.copy_(value.expand(shape)))
+                into = spare.get((i, name))
+                if into is None or len(into) < n or into.shape[1:] != value.shape[1:] or into.dtype != value.dtype:
+                    into = spare[i, name] = value.new_empty(max(n, 4), *value.shape[1:])
+                setattr(holder, name, into[:n].copy_(value.expand(n, *value.shape[1:])))
     return cache
 
 
@@ -212,9 +214,9 @@ def score_rows(model, pieces, groups, n_rows, device, autocast, batch_rows, n_fo
     Only the scored positions go through the model's lm_head (a forward pre-hook picks them, as nanoGPT's generate
     keeps only the last position) and log_softmax, in float32. Then dummy forwards up to n_forwards, so every rank
     calls the model equally often."""
-    net = getattr(model, "module", model)  # a DDP wrapper's own forward would rebuild fgram_moe's cache as a list
+    net = getattr(model, "module", model)  # a DDP wrapper's forward would copy fgram_moe's cache into a plain list
     sums = torch.zeros(n_rows, dtype=torch.float64)
-    picked, calls, spare = {}, [0], {}  # this forward's (b, t) positions of the logits that are scored; forwards so far
+    picked, calls, spare = {}, [0], {}  # this forward's (b, t) positions that are scored; forwards; replicate's
     head = getattr(net, "lm_head", None)  # every model file has one; else all positions come back
     hook = head.register_forward_pre_hook(lambda _, inputs: (inputs[0][picked["b"], picked["t"]],)) if head else None
 
@@ -282,8 +284,8 @@ def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1,
     autocast: the context of every forward (torch.autocast("cuda", dtype=torch.bfloat16) on a GPU; None: none);
     batch_rows: rows (context + one ending) per forward where the whole rows are scored; renderings: the texts to
     score, both by default (the harness's metrics need "harness", build-nanogpt's "nanogpt"); use_cache: a text's
-    context once through the model for its four endings where the model has new_cache(batch_size) and
-    forward(idx, cache=) (every model file) and the rows fit block_size (else, or if False, whole rows, batched).
+    shared ids once through the model for its four endings, where the model has new_cache(batch_size) and
+    forward(idx, cache=cache) (every model file) and the rows fit block_size; else, or if False, whole rows.
 
     Returns a dict of the totals over all ranks: acc, acc_norm, acc_harness, acc_norm_harness (None when nothing
     was scored or the text was not asked for), examples (all given), scored, skipped (holding characters the

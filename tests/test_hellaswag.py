@@ -285,6 +285,55 @@ def test_batch_1_and_batch_64_give_every_model_file_the_same_scores(module, tmp_
         assert a["pred"] == b["pred"]
 
 
+SHARED = example(99, "Cooking", "A woman stands in a small kitchen.", "she", ["cuts a tomato into thin slices.",
+                 "cuts", "cuts the cake.", "cuts a tomato and sings."], 0)  # endings that begin alike, one a prefix
+
+
+def crossing_tokenizer(texts):
+    """A BPE learned with no pre-tokenizer (tokenizers' BPE; SentencePiece's merges cross spaces too): its tokens
+    span the space between words, so in the whole text a context's last id merges with its ending's first."""
+    from tokenizers import Tokenizer, models, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.train_from_iterator(texts, trainer=trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    return type("Crossing", (), {"encode": staticmethod(lambda text: tokenizer.encode(text).ids)})()
+
+
+@pytest.mark.parametrize("module", [gpt, modern_gpt, moe_gpt, mla_moe, fgram_moe], ids=lambda m: m.MODEL_TYPE)
+def test_the_context_once_through_the_cache_scores_as_the_whole_rows_on_every_model_file(module, monkeypatch):
+    examples = [*EXAMPLES, SHARED]
+    tokenizer = crossing_tokenizer([json.dumps(e) for e in examples])
+    model = tiny_model(module, 400)
+    caches = []  # the batch size of every cache hellaswag.py asks for: one per text that fits block_size
+    monkeypatch.setattr(model, "new_cache", lambda batch_size: caches.append(batch_size) or
+                        type(model).new_cache(model, batch_size))
+    rows = hellaswag.evaluate(model, tokenizer, examples, "cpu", batch_rows=64, use_cache=False)
+    assert not caches
+    cached = hellaswag.evaluate(model, tokenizer, examples, "cpu", batch_rows=64)
+    block_size = model.config.block_size
+
+    def fits(ex, name):  # all four rows of this text fit block_size: the cache applies
+        context, endings, _ = hellaswag.render(ex, name)
+        pairs = (hellaswag.encode_pair(tokenizer, context, ending) for ending in endings)
+        return all(len(c) + len(e) - 1 <= block_size for c, e, _ in pairs)
+
+    fit = sum(fits(ex, name) for ex in examples for name in hellaswag.RENDERINGS)
+    assert caches == [1] * fit and 0 < fit < 2 * len(examples)  # both ways in one run: some rows are cut at 64
+    assert cached["boundary"] == rows["boundary"] > 0  # ids that merge across the end of the context
+    assert cached["truncated"] == rows["truncated"] > 0
+    for a, b in zip(rows["records"], cached["records"]):
+        for name in hellaswag.RENDERINGS:
+            assert a[name]["tokens"] == b[name]["tokens"]
+            # the same positions through other shapes (and mla_moe's absorbed attention): float32 rounding only
+            assert a[name]["loglik"] == pytest.approx(b[name]["loglik"], abs=1e-5, rel=0)
+        assert a["pred"] == b["pred"]
+    context, endings, _ = hellaswag.render(SHARED, "nanogpt")
+    pairs = [hellaswag.encode_pair(tokenizer, context, e) for e in endings]
+    group = [(c + e, len(e), 0) for c, e, _ in pairs]
+    shortest = min(len(ids) for ids, _, _ in group)  # " cuts": the whole of one ending is shared by all four
+    assert len(pairs[0][0]) < hellaswag.shared_prefix(group) == shortest - 1
+
+
 class NoHead(torch.nn.Module):
     """A model whose head hellaswag.py cannot find: its logits come back at every position."""
 
