@@ -433,8 +433,9 @@ def test_bad_input_is_one_error_line(case, tmp_path, capsys):
         write_jsonl(path, examples)
     with pytest.raises(ValueError, match=re.escape(message)):
         hellaswag.read_examples(str(path))
+    char_checkpoint(tmp_path / "ckpt.pt")  # the model is read first (a bad --ckpt is refused before a download)
     with pytest.raises(SystemExit) as exit_:
-        hellaswag.main(["--ckpt", "no-such.pt", "--data", str(path)])  # the data is read before the model
+        hellaswag.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--data", str(path)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
