@@ -1,17 +1,19 @@
 """
-bench/hellaswag_speed.py - HellaSwag examples per second: hellaswag.py's batched scoring against build-nanogpt's way
-(one example at a time: its four rows padded to the longest, one forward, the cross-entropy at every position, the
+bench/hellaswag_speed.py - HellaSwag examples per second: hellaswag.py's scoring against build-nanogpt's way (one
+example at a time: its four rows padded to the longest, one forward, the cross-entropy at every position, the
 ending's positions masked in), on the same model and the same examples.
 
     flock /tmp/nanodecoder-bench.lock python bench/hellaswag_speed.py             # GPT-2 BPE, 4 x 256, 120 examples
     python bench/hellaswag_speed.py --n_layer 12 --n_embd 768 --n_head 12 --n 24  # GPT-2 124M's shape
     python bench/hellaswag_speed.py --write /tmp/shakespeare_hellaswag.jsonl      # only write the examples
 
-Three ways run in turn, --reps times each, and the medians are printed:
+Four ways run in turn, --reps times each, and the medians are printed:
     build-nanogpt     its evaluate loop, written out here from its description: acc and acc_norm
-    hellaswag.py (1)  evaluate(renderings=("nanogpt",)): the same texts and scores, many examples per forward
+    whole rows        evaluate(renderings=("nanogpt",), use_cache=False): the same texts and scores, the rows of many
+                      examples per forward (hellaswag.py's way before the cache, and where the cache does not apply)
+    hellaswag.py (1)  evaluate(renderings=("nanogpt",)): each context once with the KV cache, then its four endings
     hellaswag.py (2)  evaluate(): both texts, all four scores (what python hellaswag.py runs)
-The acc_norm prediction of every example is checked to be the same in all three, and the mean log-likelihoods
+The acc_norm prediction of every example is checked to be the same in all four, and the mean log-likelihoods
 per token to agree to float32 rounding. build-nanogpt encodes the context and " " + ending apart, hellaswag.py the
 whole text (the harness's way): for GPT-2's BPE the tokens are the same here, which the script checks too.
 
@@ -131,6 +133,8 @@ def main():
           f"{args.batch_rows}")
     ways = {
         "build-nanogpt": lambda: nanogpt_way(model, tokenizer, examples),
+        "whole rows, build-nanogpt's text": lambda: hellaswag.evaluate(
+            model, tokenizer, examples, "cpu", batch_rows=args.batch_rows, renderings=("nanogpt",), use_cache=False),
         "hellaswag.py, build-nanogpt's text": lambda: hellaswag.evaluate(
             model, tokenizer, examples, "cpu", batch_rows=args.batch_rows, renderings=("nanogpt",)),
         "hellaswag.py, both texts": lambda: hellaswag.evaluate(model, tokenizer, examples, "cpu",
