@@ -75,6 +75,15 @@ def train(options, steps, out_dir, echo=False):
         return wall, [json.loads(line) for line in f]
 
 
+def plan(budget, wall, records):
+    """(steps, ms per step, seconds besides the steps) from a timing run of `wall` seconds and its log records: the
+    median step after the fifth (the first ones warm up), and the run's wall time less its steps' elapsed time."""
+    steps_ms = [r["ms"] for r in records if "ms" in r]
+    ms = statistics.median(steps_ms[5:] or steps_ms)
+    besides = max(0.0, wall - [r for r in records if "elapsed" in r][-1]["elapsed"])
+    return max(1, int((budget - besides) * 1000 / ms)), ms, besides
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
                                 epilog="Any other option goes to train.py after the recipe's (python train.py "
@@ -82,7 +91,7 @@ def main(argv=None):
     p.error = lambda message: p.exit(2, f"error: {message}\n")
     p.add_argument("--budget", type=positive_float, default=NANOGPT_WALL,
                    help=f"seconds for the training run (default: {NANOGPT_WALL}, nanoGPT's recipe as it ran here)")
-    p.add_argument("--timing_steps", type=positive_int, default=30, help="steps of the timing run (default: 30)")
+    p.add_argument("--timing_steps", type=positive_int, default=50, help="steps of the timing run (default: 50)")
     p.add_argument("--data", default=os.path.join(ROOT, "input.txt"), help="the text (default: input.txt)")
     p.add_argument("--out_dir", help="keep the run here (default: a temporary folder)")
     p.add_argument("--no_recipe", action="store_true", help="start from train.py's defaults, not the record's")
@@ -98,12 +107,9 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as tmp:
         wall, records = train(options, args.timing_steps, os.path.join(tmp, "timing"))
-        steps_ms = [r["ms"] for r in records if "ms" in r]
-        ms = statistics.median(steps_ms[5:] or steps_ms)
-        besides = max(0.0, wall - [r for r in records if "elapsed" in r][-1]["elapsed"])
-        steps = max(1, int((args.budget - besides) * 1000 / ms))
-        print(f"timing: {ms:.1f} ms/step (median of {len(steps_ms[5:] or steps_ms)} steps), {besides:.1f} s besides "
-              f"the steps => {steps} steps for a {args.budget:.1f} s budget")
+        steps, ms, besides = plan(args.budget, wall, records)
+        print(f"timing: {ms:.1f} ms/step, {besides:.1f} s besides the steps => {steps} steps for a "
+              f"{args.budget:.1f} s budget")
         if args.plan:
             return
         out_dir = args.out_dir or os.path.join(tmp, "run")
