@@ -77,10 +77,11 @@ def train(options, steps, out_dir, echo=False):
 
 def plan(budget, wall, records):
     """(steps, ms per step, seconds besides the steps) from a timing run of `wall` seconds and its log records: the
-    median step after the fifth (the first ones warm up), and the run's wall time less its steps' elapsed time."""
+    median step after the fifth, and the run's wall time less that many steps at the median (start-up, evaluation,
+    checkpoint, sample, plot, and the first steps' warm-up, --compile's compilation included)."""
     steps_ms = [r["ms"] for r in records if "ms" in r]
     ms = statistics.median(steps_ms[5:] or steps_ms)
-    besides = max(0.0, wall - [r for r in records if "elapsed" in r][-1]["elapsed"])
+    besides = max(0.0, wall - len(steps_ms) * ms / 1000)
     return max(1, int((budget - besides) * 1000 / ms)), ms, besides
 
 

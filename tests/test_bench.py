@@ -108,12 +108,13 @@ def test_mla_cache_table_default_config_is_under_a_fifth_of_mha():
 def test_speedrun_plan_sizes_the_steps_from_the_timing_run():
     import speedrun
 
-    records = [{"step": s, "ms": 500.0 if s <= 5 else 100.0 + s % 3, "elapsed": 0.3 * s} for s in range(1, 11)]
+    records = [{"step": s, "ms": 500.0 if s <= 5 else 100.0 + s % 3} for s in range(1, 11)]
     records.append({"step": 10, "val_loss": 2.0})
-    # median step after the fifth (100, 101, 102, 100, 101): 101 ms; 5 s of wall less 3 s of steps: 2 s besides;
-    # (12 - 2) s / 101 ms: 99 steps
-    assert speedrun.plan(12.0, 5.0, records) == (99, 101.0, 2.0)
-    assert speedrun.plan(1.0, 5.0, records)[0] == 1  # a budget under the start-up still trains one step
+    # median step after the fifth (100, 101, 102, 100, 101): 101 ms; 6.01 s of wall less 10 steps of 101 ms: 5 s
+    # besides (the five slow first steps' excess among them); (15.11 - 5) s / 101 ms: 100 steps
+    steps, ms, besides = speedrun.plan(15.11, 6.01, records)
+    assert (steps, ms) == (100, 101.0) and abs(besides - 5.0) < 1e-9
+    assert speedrun.plan(1.0, 6.01, records)[0] == 1  # a budget under the start-up still trains one step
 
 
 def test_speedrun_trains_scores_the_whole_split_and_ends_with_its_line(tmp_path):
