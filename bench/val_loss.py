@@ -59,27 +59,34 @@ def load_nanogpt_checkpoint(ckpt, data):
     return model.eval(), tokenizer
 
 
+def score(path, data):
+    """(model type, whole-split loss in nats per token, tokens scored, bits per character) of a checkpoint on the
+    validation split of the text `data`."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no checkpoint at {path}: train one with python train.py")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "model_args" in ckpt:
+        model_type = "nanoGPT"
+        model, tokenizer = load_nanogpt_checkpoint(ckpt, data)
+        module = gpt
+    else:
+        model_type = ckpt["model_type"]
+        module = importlib.import_module(MODEL_FILES[model_type])
+        model, tokenizer, _ = module.load_checkpoint(path)
+    _, val_ids, _ = module.load_dataset(data, tokenizer)
+    loss, tokens = whole_split_loss(model, val_ids, model.config.block_size)
+    # bits per character: nats per token * tokens per character / ln 2, comparable across tokenizers
+    bpc = loss * len(val_ids) / len(tokenizer.decode(val_ids.tolist())) / math.log(2)
+    return model_type, loss, tokens, bpc
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ckpts", nargs="+")
     p.add_argument("--data", default=os.path.join(HERE, "input.txt"))
     args = p.parse_args()
     for path in args.ckpts:
-        if not os.path.exists(path):
-            raise SystemExit(f"error: no checkpoint at {path}: train one with python train.py")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if "model_args" in ckpt:
-            model_type = "nanoGPT"
-            model, tokenizer = load_nanogpt_checkpoint(ckpt, args.data)
-            module = gpt
-        else:
-            model_type = ckpt["model_type"]
-            module = importlib.import_module(MODEL_FILES[model_type])
-            model, tokenizer, _ = module.load_checkpoint(path)
-        _, val_ids, _ = module.load_dataset(args.data, tokenizer)
-        loss, tokens = whole_split_loss(model, val_ids, model.config.block_size)
-        # bits per character: nats per token * tokens per character / ln 2, comparable across tokenizers
-        bpc = loss * len(val_ids) / len(tokenizer.decode(val_ids.tolist())) / math.log(2)
+        model_type, loss, tokens, bpc = score(path, args.data)
         print(f"{path}: {model_type}, whole validation split ({tokens:,} tokens): loss {loss:.4f}, {bpc:.4f} bits/char")
 
 

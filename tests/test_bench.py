@@ -103,3 +103,46 @@ def test_mla_cache_table_default_config_is_under_a_fifth_of_mha():
     mla = next(line for line in table.splitlines() if line.startswith("MLA")).split()
     assert int(mha[1]) == 2 * 768 and int(mla[-4]) == 256 + 32  # values per token per layer
     assert float(mla[-1]) == round(288 / 1536, 3)
+
+
+def test_speedrun_plan_sizes_the_steps_from_the_timing_run():
+    import speedrun
+
+    records = [{"step": s, "ms": 500.0 if s <= 5 else 100.0 + s % 3} for s in range(1, 11)]
+    records.append({"step": 10, "val_loss": 2.0})
+    # median step after the fifth (100, 101, 102, 100, 101): 101 ms; 6.01 s of wall less 10 steps of 101 ms: 5 s
+    # besides (the five slow first steps' excess among them); (15.11 - 5) s / 101 ms: 100 steps
+    steps, ms, besides = speedrun.plan(15.11, 6.01, records)
+    assert (steps, ms) == (100, 101.0) and abs(besides - 5.0) < 1e-9
+    assert speedrun.plan(1.0, 6.01, records)[0] == 1  # a budget under the start-up still trains one step
+
+
+def test_speedrun_trains_scores_the_whole_split_and_ends_with_its_line(tmp_path):
+    data = tmp_path / "corpus.txt"
+    with open(os.path.join(ROOT, "input.txt")) as f:
+        data.write_text(f.read(20000))
+    tiny = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--n_kv_head", "1", "--bpe_vocab_size", "300"]
+    result = subprocess.run(
+        [sys.executable, "bench/speedrun.py", "--budget", "4", "--timing_steps", "8", "--data", str(data),
+         "--out_dir", str(tmp_path / "run"), *tiny],
+        capture_output=True, check=False, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    planned = int(next(line for line in lines if line.startswith("timing: ")).split(" => ")[1].split()[0])
+    last = lines[-1].split()  # whole-split val: B bits/char in W s (budget 4.0 s, N steps)
+    assert last[:2] == ["whole-split", "val:"] and last[3:5] == ["bits/char", "in"] and last[-1] == "steps)"
+    assert int(last[-2]) == planned and float(last[5]) > 0
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == planned and ckpt["config"]["n_embd"] == 32 and ckpt["tokenizer"]["kind"] == "bpe"
+    _, _, _, bpc = val_loss.score(str(tmp_path / "run" / "ckpt.pt"), str(data))  # the score is the whole split's
+    assert last[2] == f"{bpc:.4f}"
+
+
+def test_speedrun_leaves_the_steps_to_the_budget_and_passes_train_py_errors_on():
+    for options, message in ((["--max_steps", "5"], "error: --max_steps is set by the speedrun"),
+                             (["--n_layer", "0"], "error: argument --n_layer: 0 is not an integer >= 1")):
+        result = subprocess.run([sys.executable, "bench/speedrun.py", *options], capture_output=True, check=False,
+                                text=True, cwd=ROOT)
+        assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
