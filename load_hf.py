@@ -406,7 +406,9 @@ def from_hf(hub_config, hub_state, dtype=torch.float32, block_size=None, name="g
     check_tensors(state, {key: t.shape for key, t in family.to_hub(model).items()}, arch)
 
     def take(key, router=False):  # router weights stay float32, as transformers keeps them
-        return state.pop(key).to(torch.float32 if router else dtype)
+        # copied into memory of torch's own (64-byte aligned): safetensors' tensors can sit at any offset of the
+        # file's buffer, and the CPU's matmul kernels take other paths (other roundings) on unaligned rows
+        return state.pop(key).to(torch.float32 if router else dtype, copy=True)
 
     model.load_state_dict(family.from_hub(model, take, hub_config or {}), assign=True)
     if getattr(config, "tie_embeddings", family.ties == "always"):
