@@ -290,7 +290,7 @@ class MoE(nn.Module):
             order = order[torch.arange(N * k, device=x.device) - first_row[expert_of[order]] < capacity]
             kept = counts.clamp(max=capacity)
         token = order // k  # (A,) the token of each kept assignment
-        y = self.experts(x.index_select(0, token), kept) * weights.flatten().index_select(0, order).unsqueeze(1)  # (A, C)
+        y = self.experts(x.index_select(0, token), kept) * weights.flatten().index_select(0, order).unsqueeze(1)
         out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
         if self.shared is not None:
             out = out + self.shared(x)
