@@ -176,14 +176,16 @@ def windows(ids, n_scored, block_size):
 # ----------------------------------------------------------------------------- scoring
 
 def shared_prefix(group):
-    """How many ids the rows (ids, n scored, row) of one text share at the start, at most the shortest's length - 1
-    (the last shared position predicts each row's own next id). The rows are context ids + continuation ids, so this
-    is at least the context's length; it is more where all four endings begin alike."""
+    """How many ids of one text's rows (ids, n scored, row) go through the model once, for all four: the ids they all
+    share but the last, which each row feeds again after the cache. So every row feeds at least one id, and the head
+    runs on all of a text's predictions of its endings in one matmul (on one position alone it is a matrix-vector
+    product, several times slower per row on a CPU). The rows are context ids + continuation ids: this is the
+    context's length - 1, or more where all four endings begin alike (at most the shortest row's length - 2)."""
     first, shortest = group[0][0], min(len(ids) for ids, _, _ in group)
-    p = 0
+    p = 0  # ids all rows share, at most shortest - 1: the last shared position predicts each row's own next id
     while p < shortest - 1 and all(ids[p] == first[p] for ids, _, _ in group):
         p += 1
-    return p
+    return p - 1
 
 
 def replicate(cache, n, spare):
@@ -198,10 +200,10 @@ def replicate(cache, n, spare):
     for i, holder in enumerate((cache, *cache)):
         for name, value in list(getattr(holder, "__dict__", {}).items()):
             if torch.is_tensor(value) and value.dim() and value.size(0) == 1:
-                into = spare.get((i, name))
-                if into is None or len(into) < n or into.shape[1:] != value.shape[1:] or into.dtype != value.dtype:
-                    into = spare[i, name] = value.new_empty(max(n, 4), *value.shape[1:])
-                setattr(holder, name, into[:n].copy_(value.expand(n, *value.shape[1:])))
+                shape, into = (n, *value.shape[1:]), spare.get((i, name))
+                if into is None or into.shape != shape or into.dtype != value.dtype:
+                    into = spare[i, name] = value.new_empty(shape)
+                setattr(holder, name, into.copy_(value.expand(shape)))
     return cache
 
 
@@ -249,17 +251,15 @@ def score_rows(model, pieces, groups, n_rows, device, autocast, batch_rows, n_fo
             forward(x, scored)
         for p, group in groups:
             cache = net.new_cache(1)
-            # position t < p predicts the id at t + 1: one all rows share, or at p - 1 each row's own
+            # position t < p predicts the id at t + 1, one all rows share: scored where the endings begin alike
             forward(torch.tensor([group[0][0][:p]]), [(0, j - 1, ids[j], row) for ids, n, row in group
                                                       for j in range(len(ids) - n, p + 1)], cache)
-            rest = [(ids, n, row) for ids, n, row in group if len(ids) - 1 > p]  # rows with ids left to feed
-            if rest:
-                x = torch.zeros(len(rest), max(len(ids) for ids, _, _ in rest) - 1 - p, dtype=torch.long)
-                scored = []
-                for b, (ids, n, row) in enumerate(rest):
-                    x[b, :len(ids) - 1 - p] = torch.tensor(ids[p:-1])  # after the cache: x's t is position p + t
-                    scored += [(b, j - p - 1, ids[j], row) for j in range(max(len(ids) - n, p + 1), len(ids))]
-                forward(x, scored, replicate(cache, len(rest), spare))
+            x = torch.zeros(len(group), max(len(ids) for ids, _, _ in group) - 1 - p, dtype=torch.long)
+            scored = []
+            for b, (ids, n, row) in enumerate(group):
+                x[b, :len(ids) - 1 - p] = torch.tensor(ids[p:-1])  # after the cache: x's t is position p + t
+                scored += [(b, j - p - 1, ids[j], row) for j in range(max(len(ids) - n, p + 1), len(ids))]
+            forward(x, scored, replicate(cache, len(group), spare))
     finally:
         if hook:
             hook.remove()
@@ -321,12 +321,11 @@ def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1,
             fits = all(len(ids) - 1 <= block_size for ids, _, _ in group)
             record["truncated"] |= not fits
             p = shared_prefix(group)
-            if use_cache and fits and p:
+            if use_cache and fits and p > 0:
                 groups.append((p, group))
             else:
                 pieces += [(piece, k, row) for ids, n, row in group for piece, k in windows(ids, n, block_size)]
-    n_forwards = math.ceil(len(pieces) / batch_rows) + sum(1 + any(len(ids) - 1 > p for ids, _, _ in group)
-                                                           for p, group in groups)
+    n_forwards = math.ceil(len(pieces) / batch_rows) + 2 * len(groups)  # a text's shared ids, then its rows
     if world > 1:
         most = torch.tensor([n_forwards], device=device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX)

@@ -331,7 +331,9 @@ def test_the_context_once_through_the_cache_scores_as_the_whole_rows_on_every_mo
     pairs = [hellaswag.encode_pair(tokenizer, context, e) for e in endings]
     group = [(c + e, len(e), 0) for c, e, _ in pairs]
     shortest = min(len(ids) for ids, _, _ in group)  # " cuts": the whole of one ending is shared by all four
-    assert len(pairs[0][0]) < hellaswag.shared_prefix(group) == shortest - 1
+    assert len(pairs[0][0]) <= hellaswag.shared_prefix(group) == shortest - 2  # the shared ending ids are scored once
+    pairs = (([1, 2, 3, 4], [1, 2, 3, 5]), ([1, 2], [1, 2, 3]), ([7, 2, 3], [1, 2, 3]))
+    assert [hellaswag.shared_prefix([(a, 1, 0), (b, 1, 1)]) for a, b in pairs] == [2, 0, -1]  # <= 0: whole rows
 
 
 class NoHead(torch.nn.Module):
