@@ -145,6 +145,7 @@ def test_speedrun_trains_scores_the_whole_split_and_ends_with_its_line(tmp_path)
 
 def test_the_speedrun_recipe_is_train_py_options():
     import speedrun
+
     import train
 
     args, _, _ = train.parse_args([*speedrun.RECIPE, "--max_steps", "3"])
