@@ -118,10 +118,14 @@ def test_speedrun_plan_sizes_the_steps_from_the_timing_run():
 
 
 def test_speedrun_trains_scores_the_whole_split_and_ends_with_its_line(tmp_path):
+    import speedrun
+
     data = tmp_path / "corpus.txt"
     with open(os.path.join(ROOT, "input.txt")) as f:
         data.write_text(f.read(20000))
-    tiny = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--n_kv_head", "1", "--bpe_vocab_size", "300"]
+    # the record's options but its --compile (a compilation would be most of a test's time), at a tiny size
+    tiny = ["--no_recipe", *[o for o in speedrun.RECIPE if o != "--compile"], "--n_layer", "1", "--n_embd", "32",
+            "--n_head", "2", "--n_kv_head", "1", "--bpe_vocab_size", "300"]
     result = subprocess.run(
         [sys.executable, "bench/speedrun.py", "--budget", "4", "--timing_steps", "8", "--data", str(data),
          "--out_dir", str(tmp_path / "run"), *tiny],
@@ -137,6 +141,15 @@ def test_speedrun_trains_scores_the_whole_split_and_ends_with_its_line(tmp_path)
     assert ckpt["step"] == planned and ckpt["config"]["n_embd"] == 32 and ckpt["tokenizer"]["kind"] == "bpe"
     _, _, _, bpc = val_loss.score(str(tmp_path / "run" / "ckpt.pt"), str(data))  # the score is the whole split's
     assert last[2] == f"{bpc:.4f}"
+
+
+def test_the_speedrun_recipe_is_train_py_options():
+    import speedrun
+
+    import train
+
+    args, _, _ = train.parse_args([*speedrun.RECIPE, "--max_steps", "3"])
+    assert args.model_type == "moderngpt" and args.tokenizer == "bpe" and args.compile
 
 
 def test_speedrun_leaves_the_steps_to_the_budget_and_passes_train_py_errors_on():
