@@ -25,12 +25,13 @@ model's block_size keep their last block_size + 1 tokens (the harness's left cut
 (a char model) is scored in windows, each token predicted from up to block_size tokens before it. A char vocabulary
 cannot read every character: such examples are skipped and counted, never a crash.
 
-Speed: each text's context (the ids its four rows share) goes through the model once, with the model's KV cache
-(model.new_cache), which is then repeated for the four endings, fed as one right-padded batch after it (a causal
-model's real positions never see the padding); where the cache does not apply (rows cut at block_size, a model
-without new_cache) the whole rows of many examples go through together, longest first. Only the scored positions
-go through the model's lm_head and log_softmax; bf16 autocast on a GPU; under torchrun each rank scores every
-world-th example and the counts are summed. bench/hellaswag_speed.py compares it with build-nanogpt's loop.
+Speed, on a CPU: each text's context (the ids its four rows share) goes through the model once, with the model's KV
+cache (model.new_cache), which is then repeated for the four endings, fed as one right-padded batch after it (a
+causal model's real positions never see the padding). On a GPU, and where the cache does not apply (rows cut at
+block_size, a model without new_cache), the whole rows of many examples go through together, longest first. Only
+the scored positions go through the model's lm_head and log_softmax; bf16 autocast on a GPU; under torchrun each
+rank scores every world-th example and the counts are summed. bench/hellaswag_speed.py compares it with
+build-nanogpt's loop.
 
     python hellaswag.py --ckpt out/ckpt.pt                       # a train.py checkpoint, any model file
     python hellaswag.py --model HuggingFaceTB/SmolLM2-135M       # a released checkpoint, through load_hf.py
@@ -277,7 +278,7 @@ def first_max(scores):
 
 
 def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1, batch_rows=32,
-             renderings=RENDERINGS, progress=False, use_cache=True):
+             renderings=RENDERINGS, progress=False, use_cache=None):
     """Score `examples` (read_examples' dicts) with `model` (model(idx) -> (logits (B, T, V), loss)) and `tokenizer`
     (.encode(text) -> ids, ValueError for text it cannot encode). Rank `rank` of `world` scores examples[rank::world]
     and the counts are summed over the process group (torch.distributed, initialised by the caller when world > 1).
@@ -285,7 +286,8 @@ def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1,
     batch_rows: rows (context + one ending) per forward where the whole rows are scored; renderings: the texts to
     score, both by default (the harness's metrics need "harness", build-nanogpt's "nanogpt"); use_cache: a text's
     shared ids once through the model for its four endings, where the model has new_cache(batch_size) and
-    forward(idx, cache=cache) (every model file) and the rows fit block_size; else, or if False, whole rows.
+    forward(idx, cache=cache) (every model file) and the rows fit block_size, else whole rows; None: on a CPU only,
+    where a forward costs its FLOPs (a GPU's forward of one text is latency-bound: many examples' rows go at once).
 
     Returns a dict of the totals over all ranks: acc, acc_norm, acc_harness, acc_norm_harness (None when nothing
     was scored or the text was not asked for), examples (all given), scored, skipped (holding characters the
@@ -294,6 +296,8 @@ def evaluate(model, tokenizer, examples, device, autocast=None, rank=0, world=1,
     label, per text the four endings' summed log-likelihoods and token counts, the predictions), in its order."""
     start = time.perf_counter()
     net = getattr(model, "module", model)  # a DDP wrapper keeps the model in .module
+    if use_cache is None:  # a CPU's forwards cost their FLOPs; a GPU's forward of one text is latency-bound
+        use_cache = torch.device(device).type == "cpu"
     block_size, use_cache = net.config.block_size, use_cache and hasattr(net, "new_cache")
     mine = examples[rank::world]
     pieces, groups, rows, records, boundary = [], [], [], [], 0  # rows: (record, text) of each ending; pieces and
