@@ -229,7 +229,7 @@ class LatentKVCache:
 
     def append(self, latent):
         """Store latent (B, t, r + dr) after the cached positions; return all positions so far (static: all)."""
-        self.latent[:, self.pos + torch.arange(latent.size(1), device=latent.device)] = latent
+        self.latent[:, self.pos + torch.arange(latent.size(1), device=latent.device)] = latent.type_as(self.latent)
         self.pos = self.pos + latent.size(1)
         return self.latent if torch.is_tensor(self.pos) else self.latent[:, :self.pos]
 

@@ -121,7 +121,7 @@ class KVCache:
     def append(self, k, v):
         """Store k, v (B, nh, t, hd) after the cached positions; return all keys and values so far (static: all)."""
         at = self.pos + torch.arange(k.size(2), device=k.device)  # the new positions, (t,)
-        self.k[:, :, at], self.v[:, :, at] = k, v
+        self.k[:, :, at], self.v[:, :, at] = k.type_as(self.k), v.type_as(self.v)  # (autocast: k may be bf16)
         self.pos = self.pos + k.size(2)
         return (self.k, self.v) if torch.is_tensor(self.pos) else (self.k[:, :, :self.pos], self.v[:, :, :self.pos])
 
