@@ -85,41 +85,45 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x, start=0):
-        """Rotate x (B, nh, T, hd) as the positions start .. start + T - 1."""
-        T = x.size(2)
-        cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
+        """Rotate x (B, nh, T, hd) as the positions start .. start + T - 1 (start: an int or a 0-d tensor)."""
+        at = start + torch.arange(x.size(2), device=x.device)  # (T,)
+        cos, sin = self.cos[at], self.sin[at]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class KVCache:
-    """One attention layer's keys and values so far, (B, n_head, max_len, head_dim); `pos` are filled."""
+    """One attention layer's keys and values, (B, n_head, max_len, head_dim), filled up to `pos`. Static: pos is a
+    0-d tensor and append returns the whole cache, the same shapes at every position (one torch.compile graph)."""
 
-    def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
+    def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype, static=False):
         self.k = torch.zeros(batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        self.pos = 0
+        self.pos = torch.tensor(0, device=device) if static else 0
 
     def append(self, k, v):
-        """Store k, v (B, nh, t, hd) after the cached positions; return all keys and values so far."""
-        t = k.size(2)
-        self.k[:, :, self.pos:self.pos + t] = k
-        self.v[:, :, self.pos:self.pos + t] = v
-        self.pos += t
-        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
+        """Store k, v (B, nh, t, hd) after the cached positions; return all keys and values so far (static: all)."""
+        at = self.pos + torch.arange(k.size(2), device=k.device)  # the new positions, (t,)
+        self.k[:, :, at], self.v[:, :, at] = k.type_as(self.k), v.type_as(self.v)  # (autocast: k may be bf16)
+        self.pos = self.pos + k.size(2)
+        return (self.k, self.v) if torch.is_tensor(self.pos) else (self.k[:, :, :self.pos], self.v[:, :, :self.pos])
 
 
-def causal_attention(q, k, v, dropout, scale=None):
+def causal_attention(q, k, v, dropout, scale=None, start=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
-    (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
+    (B, nh, t, hd) holds positions start .. start + t - 1 (by default S - t .. S - 1; a 0-d tensor start: k and v
+    are a whole static cache), k and v (B, n_kv, S, hd) positions 0 .. S - 1: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
     options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
-    if t == S:  # no cache, or the prompt's first pass: the plain causal mask
+    if t == S and not torch.is_tensor(start):  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
-    if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, **options)
-    # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
-    mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
+    start = S - t if start is None else start  # query i sees keys 0 .. start + i
+    mask = torch.arange(S, device=q.device) <= torch.arange(t, device=q.device)[:, None] + start  # (t, S)
+    if torch.is_tensor(start):  # a static cache: written out for inductor to fuse (CPU's SDPA is slow for few queries)
+        g = q.size(1) // k.size(1)  # the query heads of one key head, stacked as rows: (B, n_kv, g * t, hd)
+        att = q.reshape(q.size(0), k.size(1), g * t, -1) @ k.transpose(-2, -1) * (scale or q.size(-1) ** -0.5)
+        y = att.masked_fill(~mask.repeat(g, 1), float("-inf")).softmax(dim=-1) @ v  # (B, n_kv, g * t, hd_v)
+        return y.view(q.size(0), q.size(1), t, -1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
 
 
@@ -154,8 +158,8 @@ class CausalSelfAttention(nn.Module):
         q = self.rotary(self.q_norm(q), start)
         k = self.rotary(self.k_norm(k), start)
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd): keys are stored already rotated
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+            k, v = cache.append(k, v)  # (B, n_kv, cached + T, hd), keys stored rotated; static: all positions
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, start=start)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hd)  # heads side by side again
         return self.resid_drop(self.c_proj(y))
 
@@ -358,7 +362,8 @@ class FgramMoE(nn.Module):
         # the n-grams at the first new positions begin among the previous tokens
         context = idx if cache.recent_tokens is None else torch.cat([cache.recent_tokens, idx], dim=1)
         rows = lookup_fgrams(context, self.fgram_table, config.vocab_size)[:, -idx.size(1):]
-        cache.recent_tokens = context[:, -(config.fgram_max_n - 1):]
+        n = config.fgram_max_n - 1  # -1 before the first token: so a static cache's shapes never change
+        cache.recent_tokens = F.pad(context, (n, 0), value=-1)[:, -n:]
         if cache.fgram_vectors is None:
             cache.fgram_vectors = self.fgram_vectors()
         return self.fgram_gate(x, cache.fgram_vectors, rows)
@@ -366,7 +371,7 @@ class FgramMoE(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE terms in training)."""
         end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
-        if end > self.config.block_size:
+        if not torch.is_tensor(end) and end > self.config.block_size:  # static: generate sized it
             raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.drop(self.embed(idx, cache))  # (B, T, C); positions are rotated into q and k in each layer
         for i, block in enumerate(self.h):
@@ -383,27 +388,32 @@ class FgramMoE(nn.Module):
         """The MoE layers, whose stats train.py logs."""
         return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
 
-    def new_cache(self, batch_size):
+    def new_cache(self, batch_size, max_len=None, static=False):
         """An empty cache as long as the context: one KVCache of n_kv_head heads per layer, and F-gram state."""
         config, w, head_dim = self.config, self.wte.weight, self.h[0].attn.head_dim
-        return FgramMoECache([KVCache(batch_size, config.n_kv_head, config.block_size, head_dim, w.device, w.dtype)
+        max_len = max_len or config.block_size
+        return FgramMoECache([KVCache(batch_size, config.n_kv_head, max_len, head_dim, w.device, w.dtype, static)
                               for _ in range(config.n_layer)])
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, compile=False):
         """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. Past block_size the window slides
-        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes."""
-        block_size = self.config.block_size
-        cache = None
+        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes. compile: the
+        one-token steps run torch.compile'd on a static cache, one graph for every position; sampling stays eager."""
+        block_size, cache, step = self.config.block_size, None, self
+        if compile:  # batch 1's matmuls are memory-bound: on the CPU inductor may write them as sum(x * W), any size
+            from torch._inductor.fx_passes import decompose_mem_bound_mm
+            decompose_mem_bound_mm.cpu_max_other_dimension_decomposition = 2**31
+            step = torch.compile(self, dynamic=False, options={"post_grad_fusion_options": {"decompose_mm_pass": {}}})
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits, _ = self(idx[:, -block_size:])
-            elif cache is None or cache[0].pos == block_size:
-                cache = self.new_cache(idx.size(0))
+            elif cache is None or cache[0].pos == block_size:  # as long as this call needs: the window never slides
+                cache = self.new_cache(idx.size(0), min(block_size, idx.size(1) + max_new_tokens), static=compile)
                 window = block_size - 1 if idx.size(1) >= block_size else block_size
                 logits, _ = self(idx[:, -window:], cache=cache)
             else:
-                logits, _ = self(idx[:, -1:], cache=cache)
+                logits, _ = step(idx[:, -1:].clone(memory_format=torch.contiguous_format), cache=cache)  # same strides
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
             idx = torch.cat((idx, next_token), dim=1)
         return idx
@@ -564,6 +574,7 @@ def main(argv=None):
                         help="draw among the likeliest tokens that hold probability top_p (nucleus); 1: all")
     parser.add_argument("--seed", type=int, default=1337, help="fixes the draws, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, mps, ...")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoding step (faster after ~1 min)")
     args = parser.parse_args(argv)
     for name, allowed, ok in (("max_new_tokens", "an integer >= 0", args.max_new_tokens >= 0),
                               ("temperature", "a finite number >= 0", 0 <= args.temperature < math.inf),
@@ -591,7 +602,7 @@ def main(argv=None):
         parser.error(str(err))  # one line and exit code 2, as for a bad option
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
-    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, compile=args.compile)
     print(tokenizer.decode(out[0].tolist()))
 
 

@@ -86,7 +86,7 @@ def main(argv=None):
         sys.exit(2)
     if args.max_new_tokens:
         idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-        out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+        out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, compile=args.compile)
         for row in out.tolist():
             print(tokenizer.decode(row))
             print("-" * 40)

@@ -108,9 +108,9 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x, start=0):
-        """Rotate x (B, nh, T, hd) as the positions start .. start + T - 1."""
-        T = x.size(2)
-        cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hd/2)
+        """Rotate x (B, nh, T, hd) as the positions start .. start + T - 1 (start: an int or a 0-d tensor)."""
+        at = start + torch.arange(x.size(2), device=x.device)  # (T,)
+        cos, sin = self.cos[at], self.sin[at]  # (T, hd/2)
         x1, x2 = x.float().chunk(2, dim=-1)  # the two halves of each pair, (B, nh, T, hd/2)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
@@ -223,29 +223,32 @@ class MoE(nn.Module):
 class LatentKVCache:
     """One layer's cache: [c_KV; k_R] per token (k_R rotated) in `latent` (B, max_len, r + dr), for all heads."""
 
-    def __init__(self, batch_size, max_len, width, device, dtype):
+    def __init__(self, batch_size, max_len, width, device, dtype, static=False):
         self.latent = torch.zeros(batch_size, max_len, width, device=device, dtype=dtype)
-        self.pos = 0
+        self.pos = torch.tensor(0, device=device) if static else 0  # static: as KVCache's in modern_gpt.py
 
     def append(self, latent):
-        """Store latent (B, t, r + dr) after the cached positions; return all positions so far."""
-        t = latent.size(1)
-        self.latent[:, self.pos:self.pos + t] = latent
-        self.pos += t
-        return self.latent[:, :self.pos]
+        """Store latent (B, t, r + dr) after the cached positions; return all positions so far (static: all)."""
+        self.latent[:, self.pos + torch.arange(latent.size(1), device=latent.device)] = latent.type_as(self.latent)
+        self.pos = self.pos + latent.size(1)
+        return self.latent if torch.is_tensor(self.pos) else self.latent[:, :self.pos]
 
 
-def causal_attention(q, k, v, dropout, scale=None):
+def causal_attention(q, k, v, dropout, scale=None, start=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
-    (B, nh, t, hd) holds the last t positions, k and v (B, n_kv, S, hd) all S: nh / n_kv query heads share one."""
+    (B, nh, t, hd) holds positions start .. start + t - 1 (by default S - t .. S - 1; a 0-d tensor start: k and v
+    are a whole static cache), k and v (B, n_kv, S, hd) positions 0 .. S - 1: nh / n_kv query heads share one."""
     t, S = q.size(2), k.size(2)
     options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
-    if t == S:  # no cache, or the prompt's first pass: the plain causal mask
+    if t == S and not torch.is_tensor(start):  # no cache, or the prompt's first pass: the plain causal mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
-    if t == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, **options)
-    # t new tokens after S - t cached ones: query i sees keys 0 .. S - t + i
-    mask = torch.ones(t, S, dtype=torch.bool, device=q.device).tril(diagonal=S - t)
+    start = S - t if start is None else start  # query i sees keys 0 .. start + i
+    mask = torch.arange(S, device=q.device) <= torch.arange(t, device=q.device)[:, None] + start  # (t, S)
+    if torch.is_tensor(start):  # a static cache: written out for inductor to fuse (CPU's SDPA is slow for few queries)
+        g = q.size(1) // k.size(1)  # the query heads of one key head, stacked as rows: (B, n_kv, g * t, hd)
+        att = q.reshape(q.size(0), k.size(1), g * t, -1) @ k.transpose(-2, -1) * (scale or q.size(-1) ** -0.5)
+        y = att.masked_fill(~mask.repeat(g, 1), float("-inf")).softmax(dim=-1) @ v  # (B, n_kv, g * t, hd_v)
+        return y.view(q.size(0), q.size(1), t, -1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
 
 
@@ -294,7 +297,7 @@ class MultiHeadLatentAttention(nn.Module):
             # W^UV c_KV over positions is W^UV times the average of c_KV: every head reads one key and value
             latent = cache.append(torch.cat([c_kv, k_rope], dim=-1)).unsqueeze(1)  # (B, 1, cached + T, r + dr)
             q = torch.cat([q_nope @ self.k_up.weight.view(nh, self.nope_dim, r), q_rope], dim=-1)  # (B, nh, T, r + dr)
-            o_latent = causal_attention(q, latent, latent[..., :r], 0.0, self.scale)  # (B, nh, T, r)
+            o_latent = causal_attention(q, latent, latent[..., :r], 0.0, self.scale, start)  # (B, nh, T, r)
             y = o_latent @ self.v_up.weight.view(nh, self.v_dim, r).transpose(1, 2)  # (B, nh, T, dv)
         y = y.transpose(1, 2).reshape(B, T, nh * self.v_dim)  # heads side by side: (B, T, nh * dv)
         return self.c_proj(y)  # (19)
@@ -363,7 +366,7 @@ class MLAMoE(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) -> logits (B, T, V), loss on targets (-100 ignored; + MoE, MTP in training)."""
         end = (cache[0].pos if cache is not None else 0) + idx.size(1)  # positions after this pass
-        if end > self.config.block_size:
+        if not torch.is_tensor(end) and end > self.config.block_size:  # static: generate sized it
             raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         x = self.wte(idx)  # (B, T, C); positions are rotated into the RoPE parts in each layer
         for i, block in enumerate(self.h):
@@ -384,26 +387,31 @@ class MLAMoE(nn.Module):
         """The MoE layers, whose stats train.py logs and whose update_bias it calls after each step."""
         return [block.mlp for block in self.h if isinstance(block.mlp, MoE)]
 
-    def new_cache(self, batch_size):
-        """One empty LatentKVCache per layer, as long as the context, r + dr values per position."""
+    def new_cache(self, batch_size, max_len=None, static=False):
+        """One empty LatentKVCache per layer, as long as the context (or max_len), r + dr values per position."""
         config, w, width = self.config, self.wte.weight, self.config.kv_lora_rank + self.config.qk_rope_head_dim
-        return [LatentKVCache(batch_size, config.block_size, width, w.device, w.dtype) for _ in range(config.n_layer)]
+        return [LatentKVCache(batch_size, max_len or config.block_size, width, w.device, w.dtype, static)
+                for _ in range(config.n_layer)]
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, compile=False):
         """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. Past block_size the window slides
-        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes."""
-        block_size = self.config.block_size
-        cache = None
+        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes. compile: the
+        one-token steps run torch.compile'd on a static cache, one graph for every position; sampling stays eager."""
+        block_size, cache, step = self.config.block_size, None, self
+        if compile:  # batch 1's matmuls are memory-bound: on the CPU inductor may write them as sum(x * W), any size
+            from torch._inductor.fx_passes import decompose_mem_bound_mm
+            decompose_mem_bound_mm.cpu_max_other_dimension_decomposition = 2**31
+            step = torch.compile(self, dynamic=False, options={"post_grad_fusion_options": {"decompose_mm_pass": {}}})
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits, _ = self(idx[:, -block_size:])
-            elif cache is None or cache[0].pos == block_size:
-                cache = self.new_cache(idx.size(0))
+            elif cache is None or cache[0].pos == block_size:  # as long as this call needs: the window never slides
+                cache = self.new_cache(idx.size(0), min(block_size, idx.size(1) + max_new_tokens), static=compile)
                 window = block_size - 1 if idx.size(1) >= block_size else block_size
                 logits, _ = self(idx[:, -window:], cache=cache)
             else:
-                logits, _ = self(idx[:, -1:], cache=cache)
+                logits, _ = step(idx[:, -1:].clone(memory_format=torch.contiguous_format), cache=cache)  # same strides
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
             idx = torch.cat((idx, next_token), dim=1)
         return idx
@@ -567,6 +575,7 @@ def main(argv=None):
                         help="draw among the likeliest tokens that hold probability top_p (nucleus); 1: all")
     parser.add_argument("--seed", type=int, default=1337, help="fixes the draws, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, mps, ...")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoding step (faster after ~1 min)")
     args = parser.parse_args(argv)
     for name, allowed, ok in (("max_new_tokens", "an integer >= 0", args.max_new_tokens >= 0),
                               ("temperature", "a finite number >= 0", 0 <= args.temperature < math.inf),
@@ -590,7 +599,7 @@ def main(argv=None):
         parser.error(str(err))  # one line and exit code 2, as for a bad option
     print(f"{MODEL_TYPE}: {model.param_counts()['total'] / 1e6:.2f}M parameters")
     idx = torch.tensor([prompt], dtype=torch.long, device=args.device)
-    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, compile=args.compile)
     print(tokenizer.decode(out[0].tolist()))
 
 

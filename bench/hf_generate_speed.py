@@ -1,8 +1,10 @@
 """
-bench/hf_generate_speed.py - generation speed of the model files' generate (KV cache) against transformers'
-generate, on the same random weights: batch 1, greedy, --new_tokens after an 8-token prompt, float32 on the CPU.
+bench/hf_generate_speed.py - generation speed of the model files' generate (KV cache; eager and compile=True)
+against transformers' generate, on the same random weights: batch 1, greedy, --new_tokens after an 8-token
+prompt, on the CPU, beside the memory bound (as bench/generate_speed.py computes it).
 
-    python bench/hf_generate_speed.py                           # both shapes, 200 new tokens, 5 reps each
+    python bench/hf_generate_speed.py                           # both shapes, 200 new tokens, 5 reps, float32
+    python bench/hf_generate_speed.py --shapes smollm2-135m --dtype bfloat16
     python bench/hf_generate_speed.py --new_tokens 5 --reps 1   # a quick check that it runs
 
 Shapes (random weights: speed does not depend on what they learned):
@@ -13,7 +15,9 @@ Shapes (random weights: speed does not depend on what they learned):
                        vocab 102400, YaRN factor 40 with mscale 0.707
 transformers' model is built with from_config (default attention, sdpa) and moved into the model file by
 load_hf.from_hf. Runs alternate (ours, transformers, ours, ...) so that machine noise hits both alike; the medians
-and their ratio are printed, and whether the two greedy outputs agree (random weights can flip near-ties).
+and their ratio are printed, and whether the greedy outputs agree (random weights can flip near-ties). The
+compiled path is compiled once before the timed runs; mla_moe.py's MoE layers break its graph at the expert
+dispatch (data-dependent), so there only the rest is compiled.
 """
 import argparse
 import os
@@ -24,6 +28,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from generate_speed import DTYPES, bytes_per_token, read_bandwidth
+
 import load_hf
 
 SHAPES = {
@@ -55,29 +61,39 @@ def bench(name, args):
     config_class, fields = SHAPES[name]
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_class)(**fields),
-                                                       dtype=torch.float32).eval()
+                                                       dtype=torch.float32).eval().to(DTYPES[args.dtype])
     hf.generation_config.eos_token_id = None
     config = {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-    ours = load_hf.from_hf(config, {k: v.clone() for k, v in hf.state_dict().items()},
+    ours = load_hf.from_hf(config, {k: v.clone() for k, v in hf.state_dict().items()}, dtype=DTYPES[args.dtype],
                            block_size=args.prompt_len + args.new_tokens)
     prompt = torch.randint(0, fields["vocab_size"], (1, args.prompt_len))
     print(f"{name}: {ours.param_counts()['total'] / 1e6:.0f}M parameters ({ours.param_counts()['active'] / 1e6:.0f}M "
           f"active), {torch.get_num_threads()} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens")
-    runs = {"ours": [], "transformers": []}
-    outputs = {}
+    paths = {"model file": lambda: ours.generate(prompt, args.new_tokens, temperature=0),
+             "model file compiled": lambda: ours.generate(prompt, args.new_tokens, temperature=0, compile=True),
+             "transformers": lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                                 max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0,
+                                                 eos_token_id=None, use_cache=True)}
+    seconds, _ = timed(paths["model file compiled"])
+    print(f"  first compiled call: {seconds:.0f} s")
+    runs, outputs, bandwidths = {path: [] for path in paths}, {}, []
     with torch.no_grad():
         for _ in range(args.reps):
-            seconds, outputs["ours"] = timed(lambda: ours.generate(prompt, args.new_tokens, temperature=0))
-            runs["ours"].append(args.new_tokens / seconds)
-            seconds, outputs["transformers"] = timed(lambda: hf.generate(
-                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens, do_sample=False,
-                pad_token_id=0, eos_token_id=None, use_cache=True))
-            runs["transformers"].append(args.new_tokens / seconds)
-    ours_speed, hf_speed = statistics.median(runs["ours"]), statistics.median(runs["transformers"])
-    same = (outputs["ours"] == outputs["transformers"]).all().item()
-    print(f"  model file:    {ours_speed:7.1f} tok/s (median of {args.reps})")
-    print(f"  transformers:  {hf_speed:7.1f} tok/s (median of {args.reps})")
-    print(f"  ratio:         {ours_speed / hf_speed:7.2f}x   greedy outputs {'agree' if same else 'DIFFER'}")
+            bandwidths.append(read_bandwidth())
+            for path, generate in paths.items():
+                seconds, outputs[path] = timed(generate)
+                runs[path].append(args.new_tokens / seconds)
+    speed = {path: statistics.median(r) for path, r in runs.items()}
+    bound = statistics.median(bandwidths) / bytes_per_token(ours)
+    for path in paths:
+        same = "" if path == "model file" else "   greedy tokens " + (
+            "agree" if torch.equal(outputs[path], outputs["model file"]) else "DIFFER")
+        print(f"  {path + ':':21s}{speed[path]:7.1f} tok/s (median of {args.reps}), {speed[path] / bound:4.0%} of the "
+              f"bound{same}")
+    print(f"  bound:               {bound:7.1f} tok/s ({bytes_per_token(ours) / 1e6:.0f} MB of weights a token at "
+          f"{statistics.median(bandwidths) / 1e9:.1f} GB/s)")
+    print(f"  ratios to transformers: eager {speed['model file'] / speed['transformers']:.2f}x, compiled "
+          f"{speed['model file compiled'] / speed['transformers']:.2f}x")
 
 
 def main():
@@ -86,8 +102,9 @@ def main():
     p.add_argument("--prompt_len", type=int, default=8)
     p.add_argument("--new_tokens", type=int, default=200)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="of both models' weights")
     args = p.parse_args()
-    print(f"torch {torch.__version__}, float32, CPU")
+    print(f"torch {torch.__version__}, {args.dtype}, CPU")
     for name in args.shapes:
         bench(name, args)
 

@@ -6,10 +6,13 @@ bug in attention masking, caching or wiring would break.
 
 import dataclasses
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
+import torch._dynamo
 from cli_checks import one_line_error
+from torch._dynamo.utils import counters
 
 
 def check_every_parameter_gets_gradient(model, vocab_size, B=2, T=16):
@@ -56,6 +59,41 @@ def check_kv_cache_matches_recompute(model, vocab_size, prompt_len=5, new_tokens
     without = model.generate(prompt, new_tokens, temperature=0, use_cache=False)
     assert with_cache.shape == (B, prompt_len + new_tokens)
     assert torch.equal(with_cache, without), "cached and cache-less greedy decoding disagree"
+
+
+def check_compiled_generate_matches(model, vocab_size, prompt_len=5, new_tokens=25, B=2, backend="aot_eager",
+                                    one_graph=True):
+    """generate(compile=True) gives the tokens generate gives without it, greedy and sampled (same seed), also
+    past the end of the context (new_tokens > block_size - prompt_len: the window slides, a new static cache).
+    one_graph: torch.compile captures the one-token step once, without a graph break, and never recompiles as
+    the position grows (error_on_recompile). backend "aot_eager" traces and functionalizes as inductor does, in
+    seconds; "inductor" also builds and runs its C++ kernels (generate's own compile)."""
+    model.eval()
+    torch.manual_seed(0)
+    prompt = torch.randint(0, vocab_size, (B, prompt_len))
+    sampling = {"temperature": 0.8, "top_k": 5, "top_p": 0.9}
+    expected = [model.generate(prompt, new_tokens, temperature=0)]
+    expected.append(model.generate(prompt, new_tokens, **sampling))  # the generator state after the greedy run
+    real_compile = torch.compile
+
+    def compile_with_backend(module, **kwargs):  # generate's options are inductor's: other backends take none
+        if backend == "inductor":
+            return real_compile(module, **kwargs)
+        return real_compile(module, dynamic=kwargs.get("dynamic"), backend=backend)
+
+    torch._dynamo.reset()
+    counters.clear()
+    with mock.patch.object(torch, "compile", compile_with_backend), \
+            torch._dynamo.config.patch(error_on_recompile=one_graph):
+        torch.manual_seed(0)
+        torch.randint(0, vocab_size, (B, prompt_len))  # the same generator state as above
+        compiled = [model.generate(prompt, new_tokens, temperature=0, compile=True)]
+        compiled.append(model.generate(prompt, new_tokens, compile=True, **sampling))
+    assert torch.equal(compiled[0], expected[0]), "compiled and eager greedy decoding disagree"
+    assert torch.equal(compiled[1], expected[1]), "compiled and eager sampling (same seed) disagree"
+    assert counters["stats"]["unique_graphs"] >= 1, "nothing was compiled: the check would be vacuous"
+    if one_graph:
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters["graph_break"])
 
 
 def check_cached_logits_match(model, vocab_size, T=12, B=2, split=7):

@@ -15,6 +15,7 @@ import torch
 from model_checks import (
     check_cached_logits_match,
     check_causality,
+    check_compiled_generate_matches,
     check_every_parameter_gets_gradient,
     check_kv_cache_matches_recompute,
     check_overfits_one_batch,
@@ -45,6 +46,15 @@ def test_causality():
 
 def test_kv_cache_greedy_equals_recompute_past_the_context():
     check_kv_cache_matches_recompute(tiny(), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
+
+
+def test_compiled_generate_equals_eager_in_one_graph_past_the_context():
+    check_compiled_generate_matches(tiny(), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
+
+
+def test_compiled_generate_equals_eager_with_inductor():
+    # batch 1: the one-token matmuls run as inductor's sum(x * W) kernels, the path bench/generate_speed.py times
+    check_compiled_generate_matches(tiny(n_layer=1), VOCAB, prompt_len=5, new_tokens=25, B=1, backend="inductor")
 
 
 def test_cached_logits_equal_full_forward():

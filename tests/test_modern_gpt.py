@@ -10,6 +10,7 @@ from cli_checks import run_script
 from model_checks import (
     check_cached_logits_match,
     check_causality,
+    check_compiled_generate_matches,
     check_every_parameter_gets_gradient,
     check_kv_cache_matches_recompute,
     check_overfits_one_batch,
@@ -70,6 +71,10 @@ def test_causality(kw):
 )
 def test_kv_cache_greedy_equals_recompute_past_the_context(kw):
     check_kv_cache_matches_recompute(tiny(**kw), VOCAB, prompt_len=5, new_tokens=25)  # 30 > block_size 16
+
+
+def test_compiled_generate_equals_eager_in_one_graph_past_the_context():
+    check_compiled_generate_matches(tiny(qk_norm=True, **LLAMA3), VOCAB, prompt_len=5, new_tokens=25)  # GQA 4 / 2
 
 
 @pytest.mark.parametrize("kw", [{"n_kv_head": 1}, {"n_kv_head": 2}, {"n_kv_head": 2, **HEAD_DIM}])
