@@ -110,8 +110,7 @@ class RotaryEmbedding(nn.Module):
 
 
 class KVCache:
-    """One attention layer's keys and values, (B, n_head, max_len, head_dim), filled up to `pos`. Static: pos is a
-    0-d tensor and append returns the whole cache, the same shapes at every position (one torch.compile graph)."""
+    """One layer's keys and values (B, n_head, max_len, hd) up to pos; static (pos 0-d): append returns them all."""
 
     def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype, static=False):
         self.k = torch.zeros(batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
@@ -128,20 +127,18 @@ class KVCache:
 
 def causal_attention(q, k, v, dropout, scale=None, start=None):
     """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
-    (B, nh, t, hd) holds positions start .. start + t - 1 (by default S - t .. S - 1; a 0-d tensor start: k and v
-    are a whole static cache), k and v (B, n_kv, S, hd) positions 0 .. S - 1: nh / n_kv query heads share one."""
+    (B, nh, t, hd) holds positions start .. start + t - 1 (default S - t; a 0-d tensor: k and v are a static cache),
+    k and v (B, n_kv, S, hd) positions 0 .. S - 1: nh / n_kv query heads share one. Dropout: without a cache only."""
     t, S = q.size(2), k.size(2)
-    options = {"dropout_p": dropout, "scale": scale, "enable_gqa": k.size(1) != q.size(1)}
+    g = q.size(1) // k.size(1)  # the query heads that share one key head
     if t == S and not torch.is_tensor(start):  # no cache, or the prompt's first pass: the plain causal mask
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=g > 1)
     start = S - t if start is None else start  # query i sees keys 0 .. start + i
     mask = torch.arange(S, device=q.device) <= torch.arange(t, device=q.device)[:, None] + start  # (t, S)
-    if torch.is_tensor(start):  # a static cache: written out for inductor to fuse (CPU's SDPA is slow for few queries)
-        g = q.size(1) // k.size(1)  # the query heads of one key head, stacked as rows: (B, n_kv, g * t, hd)
-        att = q.reshape(q.size(0), k.size(1), g * t, -1) @ k.transpose(-2, -1) * (scale or q.size(-1) ** -0.5)
-        y = att.masked_fill(~mask.repeat(g, 1), float("-inf")).softmax(dim=-1) @ v  # (B, n_kv, g * t, hd_v)
-        return y.view(q.size(0), q.size(1), t, -1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
+    # after a cache, written out (inductor fuses it; the CPU's SDPA is slow for few queries), g heads' rows stacked
+    att = q.reshape(q.size(0), k.size(1), g * t, -1) @ k.transpose(-2, -1) * (scale or q.size(-1) ** -0.5)
+    y = att.masked_fill(~mask.repeat(g, 1), float("-inf")).softmax(dim=-1) @ v  # (B, n_kv, g * t, hd_v)
+    return y.view(q.size(0), q.size(1), t, -1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -168,9 +165,7 @@ class CausalSelfAttention(nn.Module):
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
         # split into heads and move heads next to batch: q (B, nh, T, hd), k and v (B, n_kv, T, hd)
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        q, k, v = (part.view(B, T, -1, hd).transpose(1, 2) for part in (q, k, v))
         start = cache.pos if cache is not None else 0  # the new tokens' positions start after the cached ones
         q = self.rotary(self.q_norm(q), start)
         k = self.rotary(self.k_norm(k), start)
@@ -260,19 +255,17 @@ class ModernGPT(nn.Module):
                 for _ in range(config.n_layer)]
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, compile=False):
-        """Append max_new_tokens tokens to idx (B, T); temperature 0 is greedy. Past block_size the window slides
-        and the cache is rebuilt from the last block_size - 1 tokens, as the cache-less path computes. compile: the
-        one-token steps run torch.compile'd on a static cache, one graph for every position; sampling stays eager."""
-        block_size, cache, step = self.config.block_size, None, self
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, compile=False):
+        """Append max_new_tokens tokens to idx (B, T); temperature 0: greedy. Past block_size the window slides (the
+        cache is rebuilt from the last block_size - 1 tokens). compile: one graph for every one-token step."""
+        block_size, step = self.config.block_size, self
+        cache = None
         if compile:  # batch 1's matmuls are memory-bound: on the CPU inductor may write them as sum(x * W), any size
             from torch._inductor.fx_passes import decompose_mem_bound_mm
             decompose_mem_bound_mm.cpu_max_other_dimension_decomposition = 2**31
             step = torch.compile(self, dynamic=False, options={"post_grad_fusion_options": {"decompose_mm_pass": {}}})
         for _ in range(max_new_tokens):
-            if not use_cache:
-                logits, _ = self(idx[:, -block_size:])
-            elif cache is None or cache[0].pos == block_size:  # as long as this call needs: the window never slides
+            if cache is None or cache[0].pos == block_size:  # as long as this call needs: the window never slides
                 cache = self.new_cache(idx.size(0), min(block_size, idx.size(1) + max_new_tokens), static=compile)
                 window = block_size - 1 if idx.size(1) >= block_size else block_size
                 logits, _ = self(idx[:, -window:], cache=cache)
@@ -287,8 +280,7 @@ class ModernGPT(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = device_type in ("cuda", "cpu")  # fused AdamW kernels exist for these devices
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
     def param_counts(self):
         """Total parameters (a tied head counted once) and those active per token (all, here)."""
@@ -373,8 +365,7 @@ def load_dataset(path, tokenizer=None):
     """(train_ids, val_ids, tokenizer) from a folder with nanoGPT's train.bin and val.bin (uint16 GPT-2 ids), or
     from a UTF-8 text, 90% of its characters for training, by `tokenizer` (default: its characters)."""
     if os.path.isdir(path):
-        bins = [os.path.join(path, name) for name in ("train.bin", "val.bin")]
-        train, val = (np.memmap(b, dtype=np.uint16, mode="r") for b in bins)
+        train, val = (np.memmap(os.path.join(path, f"{split}.bin"), np.uint16, "r") for split in ("train", "val"))
         return train, val, Tokenizer("gpt2")
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -433,8 +424,7 @@ def main(argv=None):
     parser.add_argument("--max_new_tokens", type=int, default=200, help="how many tokens to generate")
     parser.add_argument("--temperature", type=float, default=0.8, help="divides the logits; 0: greedy")
     parser.add_argument("--top_k", type=int, default=200, help="draw among the k likeliest tokens; 0: all")
-    parser.add_argument("--top_p", type=float, default=1.0,
-                        help="draw among the likeliest tokens that hold probability top_p (nucleus); 1: all")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus: the likeliest tokens holding top_p; 1: all")
     parser.add_argument("--seed", type=int, default=1337, help="fixes the draws, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, mps, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoding step (faster after ~1 min)")

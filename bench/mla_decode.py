@@ -20,6 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from generate_speed import recompute
+
 import mla_moe
 
 
@@ -27,7 +29,7 @@ def timed_generate(model, prompt, new_tokens, use_cache, device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    out = model.generate(prompt, new_tokens, temperature=0, use_cache=use_cache)
+    out = model.generate(prompt, new_tokens, temperature=0) if use_cache else recompute(model, prompt, new_tokens)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - t0, out

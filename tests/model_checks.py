@@ -55,8 +55,12 @@ def check_kv_cache_matches_recompute(model, vocab_size, prompt_len=5, new_tokens
     model.eval()
     torch.manual_seed(0)
     prompt = torch.randint(0, vocab_size, (B, prompt_len))
-    with_cache = model.generate(prompt, new_tokens, temperature=0, use_cache=True)
-    without = model.generate(prompt, new_tokens, temperature=0, use_cache=False)
+    with_cache = model.generate(prompt, new_tokens, temperature=0)
+    without = prompt
+    with torch.no_grad():
+        for _ in range(new_tokens):  # nanoGPT's generate: the last block_size tokens again at every step
+            logits, _ = model(without[:, -model.config.block_size :])
+            without = torch.cat((without, logits[:, -1].argmax(dim=-1, keepdim=True)), dim=1)
     assert with_cache.shape == (B, prompt_len + new_tokens)
     assert torch.equal(with_cache, without), "cached and cache-less greedy decoding disagree"
 
