@@ -8,6 +8,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # The test models are tiny: a second thread gains nothing, and on a CPU shared with other work
-# spin-waiting OpenMP threads slow them several times over. Subprocesses inherit the variable.
-torch.set_num_threads(1)
-os.environ["OMP_NUM_THREADS"] = "1"
+# spin-waiting OpenMP threads slow them several times over. So one thread unless OMP_NUM_THREADS
+# asks for more (`OMP_NUM_THREADS=2 python -m pytest` runs the suite with two); subprocesses inherit it.
+torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
