@@ -256,8 +256,8 @@ class ModernGPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, compile=False):
-        """Append max_new_tokens tokens to idx (B, T); temperature 0: greedy. Past block_size the window slides (the
-        cache is rebuilt from the last block_size - 1 tokens). compile: one graph for every one-token step."""
+        """Append max_new_tokens tokens to idx (B, T); temperature 0: greedy. Past block_size the window slides: each
+        step runs the last block_size tokens afresh, as without a cache. compile: one graph for every one-token step."""
         block_size, step = self.config.block_size, self
         cache = None
         if compile:  # batch 1's matmuls are memory-bound: on the CPU inductor may write them as sum(x * W), any size
@@ -265,10 +265,9 @@ class ModernGPT(nn.Module):
             decompose_mem_bound_mm.cpu_max_other_dimension_decomposition = 2**31
             step = torch.compile(self, dynamic=False, options={"post_grad_fusion_options": {"decompose_mm_pass": {}}})
         for _ in range(max_new_tokens):
-            if cache is None or cache[0].pos == block_size:  # as long as this call needs: the window never slides
+            if cache is None or cache[0].pos == block_size:  # the first step, or a step past the full context
                 cache = self.new_cache(idx.size(0), min(block_size, idx.size(1) + max_new_tokens), static=compile)
-                window = block_size - 1 if idx.size(1) >= block_size else block_size
-                logits, _ = self(idx[:, -window:], cache=cache)
+                logits, _ = self(idx[:, -block_size:], cache=cache)
             else:
                 logits, _ = step(idx[:, -1:].clone(memory_format=torch.contiguous_format), cache=cache)  # same strides
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)

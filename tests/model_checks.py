@@ -5,6 +5,7 @@ bug in attention masking, caching or wiring would break.
 """
 
 import dataclasses
+import sys
 from types import SimpleNamespace
 from unittest import mock
 
@@ -50,16 +51,27 @@ def check_causality(model, vocab_size, T=16, B=2):
 
 
 def check_kv_cache_matches_recompute(model, vocab_size, prompt_len=5, new_tokens=20, B=2):
-    """Greedy decoding with the KV cache gives the same tokens as recomputing every step,
-    also past the end of the context (new_tokens > block_size - prompt_len slides the window)."""
+    """Decoding with the KV cache sees, at every step, the logits of nanoGPT's cache-less generate (the last
+    block_size tokens through the model again), also past the end of the context (new_tokens > block_size -
+    prompt_len slides the window), and so gives its greedy tokens. The logits, not only the tokens: a random
+    model's argmax seldom changes when the window loses a token, its logits always do."""
     model.eval()
     torch.manual_seed(0)
     prompt = torch.randint(0, vocab_size, (B, prompt_len))
-    with_cache = model.generate(prompt, new_tokens, temperature=0)
+    seen = []
+
+    def greedy(logits, *args):
+        seen.append(logits)
+        return logits.argmax(dim=-1, keepdim=True)
+
+    with mock.patch.object(sys.modules[type(model).__module__], "sample_next_token", greedy):
+        with_cache = model.generate(prompt, new_tokens, temperature=0)
     without = prompt
     with torch.no_grad():
-        for _ in range(new_tokens):  # nanoGPT's generate: the last block_size tokens again at every step
+        for step in range(new_tokens):
             logits, _ = model(without[:, -model.config.block_size :])
+            # float32 rounding: the cached steps attend in another order than one full pass
+            assert torch.allclose(seen[step], logits[:, -1], atol=1e-4), f"step {step}: cached logits differ"
             without = torch.cat((without, logits[:, -1].argmax(dim=-1, keepdim=True)), dim=1)
     assert with_cache.shape == (B, prompt_len + new_tokens)
     assert torch.equal(with_cache, without), "cached and cache-less greedy decoding disagree"
