@@ -23,9 +23,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from moe_step_time import MOE, SETTINGS, train_step_fn
+
 import modern_gpt
 import moe_gpt
-from moe_step_time import MOE, SETTINGS, train_step_fn
 
 SCOPE = "grp::"
 DISPATCH_OPS = ("sort", "argsort", "bincount", "index_select", "floor_divide", "div", "cumsum", "flatten", "view",
