@@ -29,8 +29,28 @@ import modern_gpt
 import moe_gpt
 
 SCOPE = "grp::"
-DISPATCH_OPS = ("sort", "argsort", "bincount", "index_select", "floor_divide", "div", "cumsum", "flatten", "view",
-                "reshape", "split", "arange", "sub", "lt", "clamp", "index", "to", "_to_copy", "unsqueeze", "cat")
+DISPATCH_OPS = (
+    "sort",
+    "argsort",
+    "bincount",
+    "index_select",
+    "floor_divide",
+    "div",
+    "cumsum",
+    "flatten",
+    "view",
+    "reshape",
+    "split",
+    "arange",
+    "sub",
+    "lt",
+    "clamp",
+    "index",
+    "to",
+    "_to_copy",
+    "unsqueeze",
+    "cat",
+)
 COMBINE_OPS = ("index_add", "index_add_", "zeros", "zero_", "mul", "add", "type_as")
 
 
@@ -79,7 +99,7 @@ def group_of_forward(event):
         parent = parent.cpu_parent
     if parent is None:
         return "loss and other"
-    group = parent.name[len(SCOPE):]
+    group = parent.name[len(SCOPE) :]
     if group == "moe":
         op = event.name.split("::")[-1]
         return "moe combine (index_add, weights)" if op in COMBINE_OPS else "moe dispatch (sort, index)"
@@ -162,8 +182,10 @@ def main():
         print("\n".join(lines[i] for i in keep))
         totals = groups(prof)
         whole = sum(totals.values())
-        print(f"== {'moe_gpt' if kind == 'moe' else 'modern_gpt'}: by group, ms per step (self CPU, "
-              f"forward + its backward) ==")
+        print(
+            f"== {'moe_gpt' if kind == 'moe' else 'modern_gpt'}: by group, ms per step (self CPU, "
+            f"forward + its backward) =="
+        )
         for group, ms in totals.most_common():
             print(f"  {group:<36} {ms / args.steps:7.2f} ms  {100 * ms / whole:5.1f}%")
         print(f"  {'total':<36} {whole / args.steps:7.2f} ms")
