@@ -190,12 +190,11 @@ class MoE(nn.Module):
         order = torch.argsort(expert_of, stable=True)
         counts = torch.bincount(expert_of, minlength=E)  # (E,)
         token = order // k  # (N*k,) the token of each sorted assignment
-        rows = x[token].split(counts.tolist())  # each expert's rows, one contiguous block per expert
-        y = torch.cat([expert(r) for expert, r in zip(self.experts, rows)])  # (N*k, C)
-        y = y * weights.flatten()[order].unsqueeze(1)
-        out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)
-        if self.shared is not None:
-            out = out + self.shared(x)
+        rows = x.index_select(0, token).split(counts.tolist())  # each expert's rows, one contiguous block per expert
+        y = torch.cat([expert(r) for expert, r in zip(self.experts, rows)]) * weights.view(-1, 1).index_select(0, order)
+        # the routed outputs (in float32, as the weights) are added into the shared ones in place
+        out = self.shared(x).float() if self.shared is not None else torch.zeros(N, C, device=x.device)
+        out.index_add_(0, token, y)
         self.stats, self.weighted_loss = {"load": counts.float() / counts.sum()}, 0.0
         if self.config.seq_aux_loss_weight > 0:  # V3 eqs. 17-20: the balance within each sequence of T*k choices
             seq_load = F.one_hot(experts.view(B, T * k), E).float().mean(dim=1)  # (B, E): f_i / E of eq. 18

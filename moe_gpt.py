@@ -289,10 +289,10 @@ class MoE(nn.Module):
             order = order[torch.arange(N * k, device=x.device) - first_row[expert_of[order]] < capacity]
             kept = counts.clamp(max=capacity)
         token = order // k  # (A,) the token of each kept assignment
-        y = self.experts(x.index_select(0, token), kept) * weights.flatten().index_select(0, order).unsqueeze(1)
-        out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)  # dropped: 0
-        if self.shared is not None:
-            out = out + self.shared(x)
+        y = self.experts(x.index_select(0, token), kept) * weights.view(-1, 1).index_select(0, order)
+        # the routed outputs (in float32, as the weights) are added into the shared ones in place; dropped: 0
+        out = self.shared(x).float() if self.shared is not None else torch.zeros(N, C, device=x.device)
+        out.index_add_(0, token, y)
         self.record(experts.view(B, T * k), counts, order.numel(), logits, scores)
         return self.drop(out).view(B, T, C).type_as(x)
 
@@ -300,10 +300,10 @@ class MoE(nn.Module):
         """This batch's balancing losses (with gradients) and stats; experts is (B, T*k). Switch's loss (eq. 4;
         top-k: DeepSeekMoE eq. 12), V3's per sequence (eqs. 17-20), ST-MoE's z-loss (eq. 5): docs/moe_gpt.md."""
         E, config = self.n_experts, self.config
-        load = counts.float() / counts.sum()
+        load = counts / counts.sum()  # (E,) float
         probs = scores if self.router.gate == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
-        self.aux_loss = E * (load * probs.mean(dim=0)).sum()
-        self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+        self.aux_loss = E * (probs.mean(dim=0) @ load)
+        self.z_loss = torch.logsumexp(logits, dim=-1).square().mean()
         self.weighted_loss = config.aux_loss_weight * self.aux_loss + config.z_loss_weight * self.z_loss
         self.stats = {"load": load, "dropped": 1.0 - n_kept / experts.numel(),
                       "aux_loss": self.aux_loss.detach(), "z_loss": self.z_loss.detach()}
