@@ -209,9 +209,8 @@ class MoE(nn.Module):
         order = torch.argsort(expert_of, stable=True)
         counts = torch.bincount(expert_of, minlength=E)  # (E,)
         token = order // k  # (N*k,) the token of each sorted assignment
-        rows = x[token].split(counts.tolist())  # each expert's rows, one contiguous block per expert
-        y = torch.cat([expert(r) for expert, r in zip(self.experts, rows)])  # (N*k, C)
-        y = y * weights.flatten()[order].unsqueeze(1)
+        rows = x.index_select(0, token).split(counts.tolist())  # each expert's rows, one contiguous block per expert
+        y = torch.cat([expert(r) for expert, r in zip(self.experts, rows)]) * weights.view(-1, 1).index_select(0, order)
         out = torch.zeros(N, C, dtype=y.dtype, device=x.device).index_add_(0, token, y)
         load = counts.float() / counts.sum()  # f_i, the share of assignments to expert i
         self.aux_loss = E * (load * probs.mean(dim=0)).sum()  # Switch's E sum_i f_i P_i: 1 when uniform
