@@ -41,6 +41,7 @@ RECIPE = [
     "--model_type", "moderngpt",  # RoPE, RMSNorm, SwiGLU, GQA: the cpu preset, 4 x 128, T 64, B 12
     "--tokenizer", "bpe", "--bpe_vocab_size", "512",  # 1.88 characters a token
     "--max_lr", "3e-3", "--min_lr", "3e-5",  # AdamW, cosine from 3x the recipe's peak to 1/100 of it
+    "--qk_norm", "true",  # Qwen3's RMSNorm on each head's queries and keys
     "--compile",  # torch.compile (inductor's C++ kernels): ~0.8x the step time, ~5 s of compiling
 ]
 SET_HERE = ("--max_steps", "--out_dir", "--eval_interval", "--log_interval", "--resume")
