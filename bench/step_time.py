@@ -3,6 +3,7 @@ bench/step_time.py - training step time of every model under train.py at the nan
 
     python bench/step_time.py                          # all models, 3 interleaved rounds of 150 steps
     python bench/step_time.py gpt moderngpt --rounds 5
+    python bench/step_time.py moderngpt moegpt --compile  # torch.compile'd steps (compiling is in the warm-up)
 
 Each round runs `python train.py --model_type M --tokenizer char --dropout 0 --max_steps S` for every
 model in turn (so a machine whose speed drifts slows all alike), reads the per-step times from the
@@ -23,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ["gpt", "moderngpt", "moegpt", "mlamoe", "fgram", "fgram-off"]
 
 
-def step_times(model, steps, out_dir):
+def step_times(model, steps, out_dir, compile=False):
     args = ["--model_type", "fgram", "--fgram_max_n", "0"] if model == "fgram-off" else ["--model_type", model]
+    args += ["--compile"] if compile else []
     if model.startswith("fgram"):
         args += ["--dropout", "0"]  # its preset's 0.1; the other models train without dropout already
     subprocess.run(
@@ -60,12 +62,13 @@ def main():
     p.add_argument("models", nargs="*", default=MODELS)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--compile", action="store_true", help="train with --compile (its compilation falls in the warm-up)")
     args = p.parse_args()
     times = {m: [] for m in args.models}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for m in args.models:
-                times[m] += step_times(m, args.steps, os.path.join(tmp, f"{m}-{r}"))
+                times[m] += step_times(m, args.steps, os.path.join(tmp, f"{m}-{r}"), args.compile)
     first = statistics.median(times[args.models[0]])
     header = f"{'model':<12}{'ms/step':>10}{'tok/s':>10}{'ratio':>8}"
     print(f"{header}   (B 12 x T 64, median of {args.rounds} x {args.steps - 10} steps)")
