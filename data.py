@@ -112,8 +112,8 @@ def same_tokenizer(made, tokenizer):
 def load_shards(path, module, tokenizer_kind, tokenizer_state):
     """The Corpus of a folder of llm.c-format shards, with the tokenizer its meta.json names (GPT-2's without);
     a resumed or --init run's tokenizer must be the one the shards were made with."""
-    import fineweb  # the shard format's reader and writer
-    meta = fineweb.read_meta(path) or {"tokenizer": {"kind": "gpt2"}}
+    import shards  # the shard format's reader
+    meta = shards.read_meta(path) or {"tokenizer": {"kind": "gpt2"}}
     made = meta["tokenizer"]
     why = "meta.json's" if "source" in meta else "shards without meta.json hold GPT-2 ids, as llm.c's"
     if tokenizer_kind not in (None, made["kind"]):
@@ -131,7 +131,7 @@ def load_shards(path, module, tokenizer_kind, tokenizer_state):
     else:
         tokenizer = module.Tokenizer(made["kind"], merges=made.get("merges", ()))
     try:
-        train, val = (fineweb.TokenStream(fineweb.shard_paths(path, split)) for split in ("train", "val"))
+        train, val = (shards.TokenStream(shards.shard_paths(path, split)) for split in ("train", "val"))
     except ValueError as err:  # a header that does not match the file
         raise UsageError(str(err)) from None
     if not len(val):

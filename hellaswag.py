@@ -113,8 +113,8 @@ def check_example(line, where):
         example = json.loads(line)
     except ValueError as err:
         raise ValueError(f"{where} is not JSON ({err})") from None
-    if not isinstance(example, dict):
-        raise ValueError(f"{where} is not a JSON object of HellaSwag's fields ({', '.join(FIELDS)})")  # noqa: TRY004 (bad data)
+    if not isinstance(example, dict):  # bad data, not a bad call: ValueError as for the other checks
+        raise ValueError(f"{where} is not a JSON object of HellaSwag's fields ({', '.join(FIELDS)})")  # noqa: TRY004
     missing = [name for name in FIELDS if name not in example]
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)} (the test split has no label: use the validation split)")

@@ -38,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import fineweb
 import gpt
+import shards as shard_format
 
 
 def synthetic_parquet(path, megabytes, text_path, seed=0):
@@ -135,7 +136,7 @@ def timed(prepare, path, shard_size, workers):
         seconds = time.perf_counter() - start
         main_cpu = cpu_seconds(resource.RUSAGE_SELF) - main_cpu
         workers_cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - workers_cpu
-        shards = [np.array(fineweb.read_shard(p)) for p in paths]
+        shards = [np.array(shard_format.read_shard(p)) for p in paths]
     return seconds, main_cpu, workers_cpu, shards
 
 

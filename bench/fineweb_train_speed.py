@@ -25,8 +25,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data
-import fineweb
 import gpt
+import shards
 
 
 def train(next_batch, args):
@@ -66,14 +66,14 @@ def main():
         paths = []
         for i, start in enumerate(range(0, len(tokens), args.shard_size)):
             paths.append(os.path.join(folder, f"bench_train_{i + 1:06d}.bin"))
-            fineweb.write_shard(paths[-1], tokens[start:start + args.shard_size])
-        stream = fineweb.TokenStream(fineweb.shard_paths(folder, "train"))
+            shards.write_shard(paths[-1], tokens[start:start + args.shard_size])
+        stream = shards.TokenStream(shards.shard_paths(folder, "train"))
         train_bin, _, _ = gpt.load_dataset(folder)
         generator = torch.Generator().manual_seed(0)
         span = args.B * args.T
         sources = {"train.bin, random windows (gpt.get_batch)":
                    lambda step: gpt.get_batch(train_bin, args.B, args.T, generator),
-                   f"{len(paths)} shards in order (fineweb.TokenStream)":
+                   f"{len(paths)} shards in order (shards.TokenStream)":
                    lambda step: data.stream_batch(stream, step % ((len(stream) - 1) // span), args.B, args.T, "cpu")}
         rates = {name: [] for name in sources}
         for _ in range(args.rounds):

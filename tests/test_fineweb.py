@@ -26,6 +26,7 @@ from test_load_gpt2 import FileServer
 import bpe
 import fineweb
 import gpt
+import shards
 
 # tiktoken's own pattern for GPT-2 (tiktoken_ext/openai_public.py), not gpt.py's rewrite of it
 TIKTOKEN_GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -78,7 +79,7 @@ def corpus(tmp_path_factory):
 
 def prepare(out, *args):
     fineweb.main(["--out", str(out), *map(str, args)])
-    return fineweb.read_meta(str(out))
+    return shards.read_meta(str(out))
 
 
 def llmc_read(path):
@@ -104,7 +105,7 @@ def shard_bytes(out):
 
 def check_shards(out, expected, magic=20240520):
     """Every shard's header (read here) and tokens against the expected stream, in order, val first; no leftovers."""
-    meta = fineweb.read_meta(str(out))
+    meta = shards.read_meta(str(out))
     assert meta["complete"] and sorted(os.listdir(out)) == sorted([s["file"] for s in meta["shards"]] + ["meta.json"])
     position = 0
     for i, shard in enumerate(meta["shards"]):
@@ -182,16 +183,16 @@ def test_llm_c_shards_read_back_both_ways(tmp_path):
     small, large = rng.integers(0, 50257, 1000), rng.integers(0, 151669, 1000)  # GPT-2's, Qwen3's vocabulary
     llmc_write(tmp_path / "x_train_000001.bin", small, 20240520, 1, "<u2")
     llmc_write(tmp_path / "x_train_000002.bin", large, 20240801, 7, "<u4")
-    a, b = (fineweb.read_shard(str(tmp_path / f"x_train_00000{i}.bin")) for i in (1, 2))
+    a, b = (shards.read_shard(str(tmp_path / f"x_train_00000{i}.bin")) for i in (1, 2))
     assert isinstance(a, np.memmap) and a.dtype == np.uint16 and np.array_equal(a, small)
     assert b.dtype == np.uint32 and np.array_equal(b, large)
-    fineweb.write_shard(str(tmp_path / "ours.bin"), large.astype(np.uint32))
+    shards.write_shard(str(tmp_path / "ours.bin"), large.astype(np.uint32))
     header, tokens = llmc_read(tmp_path / "ours.bin")
     assert header[:3] == (20240801, 7, 1000) and np.array_equal(tokens, large)
-    fineweb.write_shard(str(tmp_path / "ours16.bin"), small.astype(np.uint16))
+    shards.write_shard(str(tmp_path / "ours16.bin"), small.astype(np.uint16))
     assert llmc_read(tmp_path / "ours16.bin")[0][:3] == (20240520, 1, 1000)
-    assert fineweb.shard_paths(str(tmp_path), "train") == [str(tmp_path / f"x_train_00000{i}.bin") for i in (1, 2)]
-    assert fineweb.shard_paths(str(tmp_path), "val") == [] and fineweb.read_meta(str(tmp_path)) is None
+    assert shards.shard_paths(str(tmp_path), "train") == [str(tmp_path / f"x_train_00000{i}.bin") for i in (1, 2)]
+    assert shards.shard_paths(str(tmp_path), "val") == [] and shards.read_meta(str(tmp_path)) is None
     data = (tmp_path / "x_train_000001.bin").read_bytes()
     bad = {"truncated": data[:-2], "short": data[:100], "magic": struct.pack("<i", 1234) + data[4:],
            "version": data[:4] + struct.pack("<i", 2) + data[8:],
@@ -201,7 +202,7 @@ def test_llm_c_shards_read_back_both_ways(tmp_path):
     for what, content in bad.items():
         (tmp_path / "bad.bin").write_bytes(content)
         with pytest.raises(ValueError, match=messages[what]):
-            fineweb.read_shard(str(tmp_path / "bad.bin"))
+            shards.read_shard(str(tmp_path / "bad.bin"))
 
 
 def test_token_stream_windows_cross_shard_boundaries(tmp_path):
@@ -211,7 +212,7 @@ def test_token_stream_windows_cross_shard_boundaries(tmp_path):
     for i, piece in enumerate(pieces):
         paths.append(str(tmp_path / f"s_train_{i:06d}.bin"))
         llmc_write(paths[-1], piece, *((20240801, 7, "<u4") if i == 2 else (20240520, 1, "<u2")))
-    stream_ = fineweb.TokenStream(paths)
+    stream_ = shards.TokenStream(paths)
     whole = np.concatenate(pieces)
     assert len(stream_) == len(whole) == 16
     for start in range(17):
@@ -285,7 +286,7 @@ def test_killed_at_any_moment_the_same_command_gives_the_same_shards(tmp_path):
         process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while time.time() < deadline:
-            meta = fineweb.read_meta(str(tmp_path / "out"))
+            meta = shards.read_meta(str(tmp_path / "out"))
             if meta and len(meta["shards"]) >= kill_after:
                 break
             time.sleep(0.005)
@@ -293,7 +294,7 @@ def test_killed_at_any_moment_the_same_command_gives_the_same_shards(tmp_path):
         output = process.communicate()[0]
         if last:
             assert resumed(last, output), output
-        meta = fineweb.read_meta(str(tmp_path / "out"))
+        meta = shards.read_meta(str(tmp_path / "out"))
         assert not meta["complete"] and len(meta["shards"]) >= kill_after, output
         last = len(meta["shards"]) - 1, meta["shards"][-1]
     result = run_script(*command)
@@ -372,7 +373,7 @@ def test_a_hub_subset_is_listed_downloaded_one_file_at_a_time_and_deleted(corpus
 
 
 def test_a_hub_run_cut_short_resumes_without_listing_or_downloading_again(corpus, hub, tmp_path, monkeypatch):
-    commit, calls = fineweb.Shards.commit, []
+    commit, calls = shards.Shards.commit, []
 
     def crash_after_the_first_file(self, split, end):
         commit(self, split, end)
@@ -380,11 +381,11 @@ def test_a_hub_run_cut_short_resumes_without_listing_or_downloading_again(corpus
         if end[0] >= 1:  # the first parquet is all in shards, and deleted
             raise RuntimeError("the machine went down")
 
-    monkeypatch.setattr(fineweb.Shards, "commit", crash_after_the_first_file)
+    monkeypatch.setattr(shards.Shards, "commit", crash_after_the_first_file)
     with pytest.raises(RuntimeError, match="went down"):
         prepare(tmp_path / "out", *HUB_COMMAND)
     assert os.listdir(tmp_path / "out" / "downloads") == ["sample_tiny_001.parquet"]
-    monkeypatch.setattr(fineweb.Shards, "commit", commit)
+    monkeypatch.setattr(shards.Shards, "commit", commit)
     hub.seen.clear()
     prepare(tmp_path / "out", *HUB_COMMAND)
     assert [path for path, _ in hub.seen] == []  # the listing is in meta.json, the second file already here
@@ -425,14 +426,14 @@ def test_bad_input_of_each_kind_is_one_error_line(corpus, tmp_path, capsys, monk
     }
     for message, args in cases.items():
         assert message in refused(capsys, tmp_path / "out", *args), message
-        assert fineweb.shard_paths(str(tmp_path / "out"), "val") == []  # refused before the first token
+        assert shards.shard_paths(str(tmp_path / "out"), "val") == []  # refused before the first token
     # a bad line deep in a file: the shards before it stay, finished; the one being filled is not written
     err = refused(capsys, tmp_path / "broken", "--input", tmp_path / "broken.jsonl", "--shard_size", 4000,
                   "--workers", 2)
-    meta = fineweb.read_meta(str(tmp_path / "broken"))
+    meta = shards.read_meta(str(tmp_path / "broken"))
     assert "broken.jsonl line 401 is not JSON" in err and len(meta["shards"]) >= 2 and not meta["complete"]
-    shards = sorted(name for name in os.listdir(tmp_path / "broken") if name.endswith(".bin"))
-    assert shards == sorted(shard["file"] for shard in meta["shards"])
+    written = sorted(name for name in os.listdir(tmp_path / "broken") if name.endswith(".bin"))
+    assert written == sorted(shard["file"] for shard in meta["shards"])
     # a resumed run must be the same command
     assert "other settings (shard_size: 4000 there, 5000 here)" in refused(
         capsys, tmp_path / "broken", "--input", tmp_path / "broken.jsonl", "--shard_size", 5000)
@@ -469,7 +470,7 @@ def test_a_full_disk_is_one_error_line_and_the_same_command_continues(corpus, tm
     monkeypatch.setattr(fineweb.os, "fsync", full_after_two_shards)
     command = ["--input", *files, "--shard_size", 3000, "--workers", 1]
     assert "no space left on the disk of" in refused(capsys, tmp_path / "out", *command)
-    assert [s["tokens"] for s in fineweb.read_meta(str(tmp_path / "out"))["shards"]] == [3000, 3000]
+    assert [s["tokens"] for s in shards.read_meta(str(tmp_path / "out"))["shards"]] == [3000, 3000]
     assert sorted(os.listdir(tmp_path / "out")) == ["corpus_train_000001.bin", "corpus_val_000000.bin", "meta.json"]
     monkeypatch.setattr(fineweb.os, "fsync", fsync)
     prepare(tmp_path / "out", *command)
@@ -485,7 +486,7 @@ def test_a_real_full_disk_on_a_tiny_tmpfs(corpus, tmp_path, capsys):
         pytest.skip("cannot mount a tmpfs here (needs root): test_a_full_disk_is_one_error_line covers ENOSPC")
     try:
         err = refused(capsys, mount / "out", "--input", *files, "--shard_size", 5000, "--workers", 1)
-        meta = fineweb.read_meta(str(mount / "out"))
+        meta = shards.read_meta(str(mount / "out"))
         assert "no space left on the disk of" in err and 1 <= len(meta["shards"]) < 6
         names = sorted((n for n in os.listdir(mount / "out") if n.endswith(".bin")), key=lambda n: n[-10:])
         assert names[:len(meta["shards"])] == [s["file"] for s in meta["shards"]]

@@ -786,9 +786,9 @@ def test_shards_train_in_order_and_resume_exactly_on_another_number_of_ranks(tmp
     whole, split = step_losses(tmp_path / "whole"), step_losses(tmp_path / "split")
     assert list(split) == list(range(1, 7)) and all(abs(split[s] - whole[s]) < 1e-5 for s in whole), (split, whole)
     # in order: micro-batch n of the run reads the stream's tokens n*B*T .. (n+1)*B*T, so step s is tokens 256 s ..
-    import fineweb
+    import shards as shard_format
 
-    stream = fineweb.TokenStream(fineweb.shard_paths(shards, "train"))
+    stream = shard_format.TokenStream(shard_format.shard_paths(shards, "train"))
     x, y = train.data.micro_batch(gpt, train.data.Corpus(stream, stream, None, 1.0, "", True), 4, 16, 1, 2, 1, 4,
                                   "cpu")
     assert torch.equal(x.flatten(), torch.from_numpy(stream.window((2 * 4 + 1) * 64, 64)))
