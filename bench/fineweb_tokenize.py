@@ -36,6 +36,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import data
 import fineweb
 import gpt
 import shards as shard_format
@@ -164,12 +165,12 @@ def peak_rss(path, workers):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=gpt.bounded(int, 1), default=2)
-    parser.add_argument("--mb", type=gpt.bounded(float, 0, low_open=True), default=40,
+    parser.add_argument("--workers", type=data.bounded(int, 1), default=2)
+    parser.add_argument("--mb", type=data.bounded(float, 0, low_open=True), default=40,
                         help="megabytes of text in the parquet")
     parser.add_argument("--text", default=os.path.join(ROOT, "input.txt"), help="the text documents are cut from")
-    parser.add_argument("--rounds", type=gpt.bounded(int, 1), default=3)
-    parser.add_argument("--shard_size", type=gpt.bounded(int, 1), default=10**6)
+    parser.add_argument("--rounds", type=data.bounded(int, 1), default=3)
+    parser.add_argument("--shard_size", type=data.bounded(int, 1), default=10**6)
     parser.add_argument("--rss", action="store_true", help="also peak RSS on parquets of --mb and 4x --mb")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:

@@ -49,14 +49,14 @@ def train(next_batch, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--B", type=gpt.bounded(int, 1), default=8)
-    parser.add_argument("--T", type=gpt.bounded(int, 1), default=128)
-    parser.add_argument("--n_layer", type=gpt.bounded(int, 1), default=2)
-    parser.add_argument("--n_head", type=gpt.bounded(int, 1), default=4)
-    parser.add_argument("--n_embd", type=gpt.bounded(int, 1), default=128)
-    parser.add_argument("--steps", type=gpt.bounded(int, 1), default=30)
-    parser.add_argument("--rounds", type=gpt.bounded(int, 1), default=2)
-    parser.add_argument("--shard_size", type=gpt.bounded(int, 1), default=50_000)
+    parser.add_argument("--B", type=data.bounded(int, 1), default=8)
+    parser.add_argument("--T", type=data.bounded(int, 1), default=128)
+    parser.add_argument("--n_layer", type=data.bounded(int, 1), default=2)
+    parser.add_argument("--n_head", type=data.bounded(int, 1), default=4)
+    parser.add_argument("--n_embd", type=data.bounded(int, 1), default=128)
+    parser.add_argument("--steps", type=data.bounded(int, 1), default=30)
+    parser.add_argument("--rounds", type=data.bounded(int, 1), default=2)
+    parser.add_argument("--shard_size", type=data.bounded(int, 1), default=50_000)
     args = parser.parse_args()
     with open(os.path.join(ROOT, "input.txt"), encoding="utf-8") as f:
         tokens = np.array(gpt.Tokenizer("gpt2").encode(f.read()), dtype=np.uint16)

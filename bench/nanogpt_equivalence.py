@@ -21,7 +21,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import gpt
 
 
@@ -37,7 +38,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", required=True, help="a checkout of github.com/karpathy/nanoGPT")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--data", default=os.path.join(os.path.dirname(gpt.DATA_DIR), "input.txt"))
+    parser.add_argument("--data", default=os.path.join(ROOT, "input.txt"))
     args = parser.parse_args()
     model_py = os.path.join(args.nanogpt, "model.py")
     if not os.path.exists(model_py):

@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from cli_checks import run_script
 from model_checks import save_checkpoint
 
 import gpt
@@ -159,3 +161,15 @@ def test_speedrun_leaves_the_steps_to_the_budget_and_passes_train_py_errors_on()
                                 text=True, cwd=ROOT)
         assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+BENCH_SCRIPTS = sorted(name for name in os.listdir(os.path.join(ROOT, "bench")) if name.endswith(".py"))
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS)
+def test_every_bench_script_starts(script):
+    """Each script behind a README figure starts and parses its options (--help; mla_cache.py takes none and just
+    prints its small table): a name it takes from a project file that moved or went away (gpt.bounded, gpt.DATA_DIR
+    once) fails here, not in the hands of whoever reruns a figure."""
+    result = run_script(os.path.join("bench", script), "--help")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
