@@ -3,6 +3,7 @@ then with FSDP2 through parallel.py, as train.py's loop does (AdamW; gpt and moe
 line per run on rank 0: the losses of both modes, the largest difference of their final weights and each mode's
 optimizer bytes on rank 0; first, Muon on a sharded weight against Muon on the whole one."""
 
+import gc
 import importlib
 import json
 import os
@@ -91,6 +92,7 @@ def main():
             print(json.dumps({"model": name, "optimizer": optimizer_kind, "ddp": ddp_losses, "fsdp": fsdp_losses,
                               "weights": weights, "keys_equal": sorted(ddp_state) == sorted(fsdp_state),
                               "ddp_optimizer_bytes": ddp_bytes, "fsdp_optimizer_bytes": fsdp_bytes}), flush=True)
+    gc.collect()  # FSDP2 modules sit in reference cycles: free them while the group lives (at exit: SIGABRT)
     dist.barrier()
     dist.destroy_process_group()
 
