@@ -17,6 +17,7 @@ import glob
 import hashlib
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,23 +145,29 @@ def load_shards(path, module, tokenizer_kind, tokenizer_state):
     return Corpus(train, val, tokenizer, tokens_per_char, f"{made['kind']}: {why}", in_order=True)
 
 
-def hf_token_ids(path, text, tokenizer):
-    """(train, val) ids of a text by a tokenizer.json, 90% of its characters for training, cached beside the text
-    (keyed by the tokenizer's sha256) as uint16, or uint32 where the vocabulary passes 65,536 (Qwen3, Llama 3)."""
-    key = hashlib.sha256(tokenizer.json.encode()).hexdigest()[:16]
-    cache = f"{path}.tokenizer-{key}.npz"
+def cached_ids(path, key, tokenize):
+    """(train, val) ids of the text at path: tokenize()'s, cached beside the text as path.key.npz and read from there
+    while newer than the text, so a large text is tokenized once for all its runs (characters need no cache)."""
+    cache = f"{path}.{key}.npz"
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
         with np.load(cache) as saved:
             return saved["train"], saved["val"]
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    cut = int(0.9 * len(text))
-    train, val = (np.array(tokenizer.encode(part), dtype=dtype) for part in (text[:cut], text[cut:]))
+    train, val = tokenize()
     try:
         np.savez(cache + ".tmp.npz", train=train, val=val)
         os.replace(cache + ".tmp.npz", cache)  # atomic: a reader never sees half a file
     except OSError:
         pass  # a read-only folder: tokenize every time
     return train, val
+
+
+def hf_token_ids(path, text, tokenizer):
+    """(train, val) ids of a text by a tokenizer.json, 90% of its characters for training, cached (keyed by the
+    tokenizer's sha256) as uint16, or uint32 where the vocabulary passes 65,536 (Qwen3, Llama 3)."""
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    key = "tokenizer-" + hashlib.sha256(tokenizer.json.encode()).hexdigest()[:16]
+    parts = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
+    return cached_ids(path, key, lambda: [np.array(tokenizer.encode(part), dtype=dtype) for part in parts])
 
 
 def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab_size, state_why="the resumed run's"):
@@ -203,7 +210,11 @@ def load_corpus(path, module, preset, tokenizer_kind, tokenizer_state, bpe_vocab
             tokenizer = module.Tokenizer("bpe", merges=bpe.learned_merges(path, train_text, bpe_vocab_size))
         else:
             tokenizer = module.Tokenizer("gpt2") if kind == "gpt2" else None  # None: the text's characters
-        train, val, tokenizer = module.load_dataset(path, tokenizer)
+        if folder or tokenizer is None or tokenizer.kind == "char":  # memory-mapped, or a table lookup: no cache
+            train, val, tokenizer = module.load_dataset(path, tokenizer)
+        else:  # the BPE's name, size and merges name its cache
+            key = f"{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}"
+            train, val = cached_ids(path, key, lambda: module.load_dataset(path, tokenizer)[:2])
     except (OSError, ValueError) as err:  # a bad --bpe_vocab_size, characters outside a resumed vocabulary, ...
         raise UsageError(f"{path}: {err}") from None
     return Corpus(train, val, tokenizer, len(val) / val_chars, why)

@@ -16,7 +16,6 @@ import argparse
 import base64
 import math
 import os
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,9 +125,8 @@ class KVCache:
 
 
 def causal_attention(q, k, v, dropout, scale=None, start=None):
-    """softmax(q k^T * scale) v, query i seeing keys up to its own position (scale: 1/sqrt(hd) by default). q
-    (B, nh, t, hd) holds positions start .. start + t - 1 (default S - t; a 0-d tensor: k and v are a static cache),
-    k and v (B, n_kv, S, hd) positions 0 .. S - 1: nh / n_kv query heads share one. Dropout: without a cache only."""
+    """softmax(q k^T * scale) v, query i seeing keys to its position (scale: default 1/sqrt(hd)); q (B, nh, t, hd) at
+    start .. start + t - 1 (default S - t; 0-d: a static cache), k and v (B, n_kv, S, hd), nh / n_kv heads on each."""
     t, S = q.size(2), k.size(2)
     g = q.size(1) // k.size(1)  # the query heads that share one key head
     if t == S and not torch.is_tensor(start):  # no cache, or the prompt's first pass: the plain causal mask
@@ -305,11 +303,9 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
         kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        sorted_probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of better tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        probs, order = F.softmax(logits, dim=-1).sort(dim=-1, descending=True)
+        beyond = probs.cumsum(dim=-1) - probs >= top_p  # the likelier tokens already hold top_p, sorted order
+        logits = logits.masked_fill(torch.empty_like(beyond).scatter(-1, order, beyond), float("-inf"))
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
@@ -369,18 +365,8 @@ def load_dataset(path, tokenizer=None):
     with open(path, encoding="utf-8") as f:
         text = f.read()
     tokenizer = tokenizer or Tokenizer("char", "".join(sorted(set(text))))
-    cache = f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
-    if tokenizer.kind != "char" and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
-        with np.load(cache) as saved:
-            return saved["train"], saved["val"], tokenizer
     cut = int(0.9 * len(text))
     train, val = (np.array(tokenizer.encode(part), dtype=np.uint16) for part in (text[:cut], text[cut:]))
-    if tokenizer.kind != "char":  # characters are a table lookup: no cache needed
-        try:
-            np.savez(cache + ".tmp.npz", train=train, val=val)
-            os.replace(cache + ".tmp.npz", cache)  # atomic: a reader never sees half a file
-        except OSError:
-            pass  # a read-only folder: tokenize every time
     return train, val, tokenizer
 
 
@@ -389,10 +375,9 @@ def get_batch(data, batch_size, block_size, generator, device="cpu"):
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
     windows = data[starts[:, None] + np.arange(block_size + 1)]  # (B, T + 1), one fancy-index read
     windows = torch.from_numpy(windows.astype(np.int64))
-    x, y = windows[:, :-1], windows[:, 1:]
     if device.startswith("cuda"):  # page-locked memory lets the copy overlap with compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        windows = windows.pin_memory().to(device, non_blocking=True)
+    return windows[:, :-1].to(device), windows[:, 1:].to(device)  # x and y
 
 
 # ----------------------------------------------------------------------------- checkpoints and demo

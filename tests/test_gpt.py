@@ -23,6 +23,7 @@ from model_checks import (
 )
 
 import bpe
+import data
 import gpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,6 +252,11 @@ def write_corpus(tmp_path, text=TEXT):
     return str(corpus)
 
 
+def load_corpus(path, tokenizer):
+    """train.py's corpus (data.py) of the text by this tokenizer (None: its characters), as a resumed run reads it."""
+    return data.load_corpus(path, gpt, "cpu", None, tokenizer and tokenizer.state(), 0)
+
+
 def npz_cache(path, tokenizer):
     return f"{path}.{tokenizer.kind}-{tokenizer.vocab_size}-{zlib.crc32(repr(tokenizer.merges).encode()):08x}.npz"
 
@@ -266,13 +272,15 @@ def test_default_tokenizer_is_the_characters_of_the_text_split_by_characters(tmp
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bpe"])
-def test_bpe_ids_are_split_by_characters_and_cached(tmp_path, kind):
+def test_bpe_ids_are_split_by_characters_and_cached_by_train_py(tmp_path, kind):
     corpus = write_corpus(tmp_path)
     tok = gpt.Tokenizer(kind, merges=bpe.learn_bpe(TEXT, 300) if kind == "bpe" else ())
     train, val, same = gpt.load_dataset(corpus, tok)
-    assert same is tok
+    assert same is tok and os.listdir(tmp_path) == ["corpus.txt"]  # the model file reads, it writes nothing
     cut = int(0.9 * len(TEXT))
     assert tok.decode(train.tolist()) == TEXT[:cut] and tok.decode(val.tolist()) == TEXT[cut:]
+    loaded = load_corpus(corpus, tok)  # train.py's data.py caches them beside the text
+    assert np.array_equal(loaded.train, train) and np.array_equal(loaded.val, val)
     assert sorted(os.listdir(tmp_path)) == sorted(["corpus.txt", os.path.basename(npz_cache(corpus, tok))])
     with np.load(npz_cache(corpus, tok)) as saved:
         assert np.array_equal(saved["train"], train) and np.array_equal(saved["val"], val)
@@ -281,15 +289,15 @@ def test_bpe_ids_are_split_by_characters_and_cached(tmp_path, kind):
 def test_cache_is_reused_while_newer_than_the_text(tmp_path):
     corpus = write_corpus(tmp_path)
     tok = gpt.Tokenizer("gpt2")
-    train, val, _ = gpt.load_dataset(corpus, tok)
+    train, val = load_corpus(corpus, tok).train, load_corpus(corpus, tok).val
     cache = npz_cache(corpus, tok)
     np.savez(cache, train=np.array([1, 2, 3], dtype=np.uint16), val=np.array([4], dtype=np.uint16))
     os.utime(cache, (os.path.getmtime(corpus) + 10,) * 2)  # newer than the text: trusted as it is
-    cached_train, cached_val, _ = gpt.load_dataset(corpus, tok)
-    assert cached_train.tolist() == [1, 2, 3] and cached_val.tolist() == [4]
+    cached = load_corpus(corpus, tok)
+    assert cached.train.tolist() == [1, 2, 3] and cached.val.tolist() == [4]
     os.utime(corpus, (os.path.getmtime(cache) + 10,) * 2)  # the text changed since: tokenized again
-    again_train, again_val, _ = gpt.load_dataset(corpus, tok)
-    assert np.array_equal(again_train, train) and np.array_equal(again_val, val)
+    again = load_corpus(corpus, tok)
+    assert np.array_equal(again.train, train) and np.array_equal(again.val, val)
     with np.load(cache) as saved:
         assert np.array_equal(saved["train"], train)  # and the cache rewritten
 
@@ -299,13 +307,19 @@ def test_two_learned_bpes_of_one_size_get_their_own_caches(tmp_path):
     one = gpt.Tokenizer("bpe", merges=[(116, 111), (98, 101)])  # "to", "be"
     other = gpt.Tokenizer("bpe", merges=[(116, 104), (32, 116)])  # "th", " t"
     assert one.vocab_size == other.vocab_size
-    ids_one = gpt.load_dataset(corpus, one)[0]
-    ids_other = gpt.load_dataset(corpus, other)[0]
+    ids_one, ids_other = load_corpus(corpus, one).train, load_corpus(corpus, other).train
     assert npz_cache(corpus, one) != npz_cache(corpus, other)
     assert os.path.exists(npz_cache(corpus, one)) and os.path.exists(npz_cache(corpus, other))
-    assert one.decode(gpt.load_dataset(corpus, one)[0].tolist()) == TEXT[: int(0.9 * len(TEXT))]
-    assert other.decode(gpt.load_dataset(corpus, other)[0].tolist()) == TEXT[: int(0.9 * len(TEXT))]
+    assert one.decode(load_corpus(corpus, one).train.tolist()) == TEXT[: int(0.9 * len(TEXT))]
+    assert other.decode(load_corpus(corpus, other).train.tolist()) == TEXT[: int(0.9 * len(TEXT))]
     assert ids_one.tolist() != ids_other.tolist()
+
+
+def test_characters_are_never_cached(tmp_path):  # a table lookup: also a resumed char run's
+    corpus = write_corpus(tmp_path)
+    chars = load_corpus(corpus, None).tokenizer
+    assert chars.kind == "char" and load_corpus(corpus, chars).train.tolist() == gpt.load_dataset(corpus)[0].tolist()
+    assert os.listdir(tmp_path) == ["corpus.txt"]
 
 
 def test_bin_folder_is_used_as_is(tmp_path):
