@@ -166,7 +166,8 @@ def hf_token_ids(path, text, tokenizer):
     tokenizer's sha256) as uint16, or uint32 where the vocabulary passes 65,536 (Qwen3, Llama 3)."""
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     key = "tokenizer-" + hashlib.sha256(tokenizer.json.encode()).hexdigest()[:16]
-    parts = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
+    cut = int(0.9 * len(text))
+    parts = text[:cut], text[cut:]
     return cached_ids(path, key, lambda: [np.array(tokenizer.encode(part), dtype=dtype) for part in parts])
 
 

@@ -108,8 +108,8 @@ class KVCache:
 
 
 def causal_attention(q, k, v, dropout, scale=None, start=None):
-    """softmax(q k^T * scale) v, query i seeing keys to its position (scale: default 1/sqrt(hd)); q (B, nh, t, hd) at
-    start .. start + t - 1 (default S - t; 0-d: a static cache), k and v (B, n_kv, S, hd), nh / n_kv heads on each."""
+    """softmax(q k^T * scale) v, query i seeing keys up to its position (scale: 1/sqrt(hd) by default); q (B, nh, t,
+    hd) at start .. start + t - 1 (default S - t; 0-d: a static cache); k, v (B, n_kv, S, hd), each for nh / n_kv."""
     t, S = q.size(2), k.size(2)
     g = q.size(1) // k.size(1)  # the query heads that share one key head
     if t == S and not torch.is_tensor(start):  # no cache, or the prompt's first pass: the plain causal mask
@@ -544,7 +544,7 @@ def main(argv=None):
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus: the likeliest tokens holding top_p; 1: all")
     parser.add_argument("--seed", type=int, default=1337, help="fixes the draws, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, mps, ...")
-    parser.add_argument("--compile", action="store_true", help="torch.compile decoding: dense models ~2x, after ~30 s")
+    parser.add_argument("--compile", action="store_true", help="torch.compile decoding: dense 2-3x, after 20-60 s")
     args = parser.parse_args(argv)
     for name, allowed, ok in (("max_new_tokens", "an integer >= 0", args.max_new_tokens >= 0),
                               ("temperature", "a finite number >= 0", 0 <= args.temperature < math.inf),

@@ -594,7 +594,7 @@ def add_common_options(parser):
                         help="sample among the likeliest tokens holding this probability, in (0, 1] (default: all)")
     parser.add_argument("--num_samples", type=bounded(int, 1), default=1, help="continuations of the prompt, >= 1")
     parser.add_argument("--seed", type=int, default=1337, help="of the random sampling")
-    parser.add_argument("--compile", action="store_true", help="torch.compile decoding: dense models ~2x, after ~30 s")
+    parser.add_argument("--compile", action="store_true", help="torch.compile decoding: dense 2-3x, after 20-60 s")
     parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="to run on: cuda, cpu, mps")
     parser.add_argument("--timeout", type=bounded(float, 0, low_open=True), default=30,

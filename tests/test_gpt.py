@@ -171,6 +171,26 @@ def test_sampling_filters():
     assert drawn == {3}
 
 
+@pytest.mark.parametrize("top_k", [None, 0, 5, 20])
+def test_sampling_distribution_is_transformers_temperature_top_k_and_top_p(monkeypatch, top_k):
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    drawn_from = []
+    multinomial = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda probs, **kw: drawn_from.append(probs) or multinomial(probs, **kw))
+    torch.manual_seed(0)
+    for top_p in (0.05, 0.3, 0.7, 0.9, 0.99, 1.0):
+        logits = torch.randn(3, 50) * 3
+        gpt.sample_next_token(logits, 0.8, top_k, top_p)
+        reference = logits / 0.8  # transformers' order: temperature, top-k, top-p
+        if top_k:
+            reference = TopKLogitsWarper(top_k)(None, reference)
+        reference = TopPLogitsWarper(top_p)(None, reference)
+        # the same tokens kept; their probabilities equal to float32 rounding (one softmax each)
+        assert torch.equal(drawn_from[-1] > 0, reference > float("-inf")), (top_k, top_p)
+        assert torch.allclose(drawn_from[-1], reference.softmax(dim=-1), atol=1e-6), (top_k, top_p)
+
+
 # ----------------------------------------------------------------------------- tokenizers
 
 
