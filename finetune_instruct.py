@@ -22,7 +22,6 @@ answers are written to a JSON file and scored against the references with ROUGE-
     python finetune_instruct.py --init out/shakespeare-gpt2/ckpt.pt --mask_prompt
     python gpt.py --ckpt out/instruct/ckpt.pt --prompt "..."    # the saved model is a train.py checkpoint
 """
-import argparse
 import json
 import math
 import os
@@ -266,13 +265,7 @@ def initial_model(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Instruction fine-tuning of a GPT on Alpaca-format data.",
-                                     allow_abbrev=False)
-    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
-    parser.add_argument("--init", default="scratch",
-                        help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
-    parser.add_argument("--weights", help="local GPT-2 safetensors file or folder for --init gpt2 (no network)")
-    parser.add_argument("--cache_dir", default=load_gpt2.DEFAULT_CACHE, help="where GPT-2 downloads are kept")
+    parser = load_gpt2.fine_tune_parser("Instruction fine-tuning of a GPT on Alpaca-format data.")
     parser.add_argument("--data", default=os.path.join(HERE, "data", "instruction-data.json"))
     parser.add_argument("--mask_prompt", action="store_true", help="learn the responses only")
     parser.add_argument("--lora_rank", type=bounded(int, 0), default=0,

@@ -21,7 +21,6 @@ By default only the last Transformer block, the final LayerNorm and the new head
     python finetune_spam.py --init gpt2 --weights path/to/gpt2     # OpenAI's GPT-2 (see load_gpt2.py)
     python finetune_spam.py --classify "You won a prize! Call now"  # label a message
 """
-import argparse
 import os
 import random
 import sys
@@ -240,13 +239,7 @@ def parse_trainable(value, init, n_layer):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Fine-tune a GPT to classify SMS messages as ham or spam.",
-                                     allow_abbrev=False)
-    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
-    parser.add_argument("--init", default="scratch",
-                        help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
-    parser.add_argument("--weights", help="local GPT-2 safetensors file or folder for --init gpt2 (no network)")
-    parser.add_argument("--cache_dir", default=load_gpt2.DEFAULT_CACHE, help="where GPT-2 downloads are kept")
+    parser = load_gpt2.fine_tune_parser("Fine-tune a GPT to classify SMS messages as ham or spam.")
     parser.add_argument("--data", default=os.path.join(HERE, "data", "sms_spam.tsv"))
     parser.add_argument("--download", action="store_true", help="fetch the collection from UCI into --data first")
     parser.add_argument("--trainable_blocks", help="last n blocks to train (+ final norm + head), or all")

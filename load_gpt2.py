@@ -12,6 +12,7 @@ tied to wte. Without a config.json beside a bare weights file, --model names the
     python load_gpt2.py --weights path/to/gpt2 --prompt "Hello"    # offline
     python load_gpt2.py --ckpt out/ckpt.pt --export out/hf-gpt2     # a train.py model, in GPT-2's layout
 """
+import argparse
 import os
 import sys
 
@@ -54,6 +55,17 @@ def load_pretrained(init, weights=None, cache_dir=DEFAULT_CACHE, device="cpu"):
         raise ValueError(f"{init} uses the {tokenizer.kind} tokenizer; fine-tuning needs GPT-2 BPE: "
                          f"train it with python train.py --model_type gpt --tokenizer gpt2")
     return model, tokenizer
+
+
+def fine_tune_parser(description):
+    """The fine-tunes' command line: argparse's errors in one line (exit status 2), and the GPT they start from."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, without the usage block
+    parser.add_argument("--init", default="scratch",
+                        help="scratch, gpt2 (or gpt2-medium, ...), or a train.py gpt checkpoint")
+    parser.add_argument("--weights", help="local GPT-2 safetensors file or folder for --init gpt2 (no network)")
+    parser.add_argument("--cache_dir", default=DEFAULT_CACHE, help="where GPT-2 downloads are kept")
+    return parser
 
 
 def main(argv=None):

@@ -20,6 +20,14 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import val_loss
 
 
+def score_checkpoint(ckpt, data):
+    """python bench/val_loss.py CKPT --data DATA, which must succeed."""
+    result = subprocess.run([sys.executable, "bench/val_loss.py", str(ckpt), "--data", str(data)],
+                            capture_output=True, check=False, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_whole_split_loss_is_the_mean_over_every_window():
     torch.manual_seed(0)
     model = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=2, n_embd=16)).eval()
@@ -55,14 +63,7 @@ def test_a_nanogpt_checkpoint_is_scored_through_gpt_py(tmp_path):
     }
     torch.save({"model": state, "model_args": args, "iter_num": 5, "config": {"dataset": "x"}}, tmp_path / "ckpt.pt")
     expected, _ = val_loss.whole_split_loss(model, val_ids, 16)
-    result = subprocess.run(
-        [sys.executable, "bench/val_loss.py", str(tmp_path / "ckpt.pt"), "--data", str(data)],
-        capture_output=True,
-        check=False,
-        text=True,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
+    result = score_checkpoint(tmp_path / "ckpt.pt", data)
     assert "nanoGPT" in result.stdout and f"loss {expected:.4f}" in result.stdout
 
 
@@ -80,14 +81,7 @@ def test_a_train_py_checkpoint_is_scored_through_its_model_file(tmp_path):
     ).eval()
     save_checkpoint(modern_gpt, model, tokenizer, tmp_path / "ckpt.pt")
     expected, count = val_loss.whole_split_loss(model, val_ids, 16)
-    result = subprocess.run(
-        [sys.executable, "bench/val_loss.py", str(tmp_path / "ckpt.pt"), "--data", str(data)],
-        capture_output=True,
-        check=False,
-        text=True,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
+    result = score_checkpoint(tmp_path / "ckpt.pt", data)
     bpc = expected * len(val_ids) / (len(text) - int(0.9 * len(text))) / np.log(2)  # per character of the val text
     assert f"moderngpt, whole validation split ({count:,} tokens): loss {expected:.4f}, {bpc:.4f} bits/char" in (
         result.stdout
