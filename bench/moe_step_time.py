@@ -9,8 +9,9 @@ processes hits both sides alike, and prints the median of the per-repetition rat
       units against a shared expert plus chosen routed experts whose hidden sizes sum to H
       (moe_hidden 0 does that), every block a MoE block (first_dense_layers 0);
   (b) the MoE layer alone against the dense SwiGLU (forward + backward on B*T tokens);
-  (c) mla_moe.py's MoE layer (a loop over nn.Linear experts) against moe_gpt.py's (stacked experts, one
-      grouped matmul), with the same weights, so the same routing and outputs (no auxiliary losses in mla_moe's).
+  (c) mla_moe.py's MoE layer (nn.Linear experts, their weights stacked each step for F.grouped_mm) against
+      moe_gpt.py's (experts stored stacked, F.grouped_mm), with the same weights, so the same routing and
+      outputs (no auxiliary losses in mla_moe's).
 
     python bench/moe_step_time.py                      # the nanoGPT CPU recipe's size and a bigger one
     python bench/moe_step_time.py --dispatch loop      # force the loop over experts (no grouped matmul)
@@ -130,8 +131,8 @@ def main():
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.dispatch == "loop":
-        moe_gpt.grouped_mm_dtype = lambda *a: None
+    if args.dispatch == "loop" and hasattr(torch.nn.functional, "grouped_mm"):  # both files loop without it
+        del torch.nn.functional.grouped_mm
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
         f"dispatch {args.dispatch}, grouped_mm available: {hasattr(torch.nn.functional, 'grouped_mm')}"

@@ -256,6 +256,28 @@ def moe_layer(**kw):
     return moe
 
 
+@pytest.fixture(params=["grouped", "loop"])
+def dispatch(request, monkeypatch):
+    """Run a test with each expert dispatch: one F.grouped_mm over the stacked weights (on the CPU, where this
+    PyTorch has it; torch < 2.8 has not) and the loop over the expert modules (GPUs, torch.compile, odd sizes)."""
+    if request.param == "loop":
+        monkeypatch.delattr(F, "grouped_mm", raising=False)
+    return request.param
+
+
+def spy_on_grouped_mm(monkeypatch):
+    """From here on, the offs of every F.grouped_mm call (where this PyTorch has it), in a list."""
+    calls, grouped_mm = [], getattr(F, "grouped_mm", None)
+
+    def spy(a, b, offs):
+        calls.append(offs.tolist())
+        return grouped_mm(a, b, offs=offs)
+
+    if grouped_mm is not None:
+        monkeypatch.setattr(F, "grouped_mm", spy)
+    return calls
+
+
 def swiglu(mlp, x):
     return mlp.down.weight @ (F.silu(mlp.gate.weight @ x) * (mlp.up.weight @ x))
 
@@ -307,7 +329,7 @@ def reference_moe(moe, x):
         dict(gate="sigmoid", renormalize=True, routed_scaling_factor=2.5, n_shared_experts=1, **GROUPS),  # V3: best two
     ],
 )
-def test_moe_layer_equals_per_token_reference(kw):
+def test_moe_layer_equals_per_token_reference(kw, dispatch):
     moe = moe_layer(**kw)
     x = torch.randn(2, 20, 32)
     with torch.no_grad():
@@ -322,13 +344,43 @@ def test_moe_layer_equals_per_token_reference(kw):
         assert torch.equal(weights, torch.full((40, 1), moe.config.routed_scaling_factor))
 
 
-def test_each_expert_runs_on_its_tokens_only():
+def test_each_expert_runs_on_its_tokens_only(dispatch, monkeypatch):
     moe = moe_layer(**GROUPS)
-    rows = []
+    rows, ends = [], spy_on_grouped_mm(monkeypatch)  # the grouped matmuls: each expert's rows end at offs
     for expert in moe.experts:
         expert.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
     moe(torch.randn(2, 10, 32))
+    if dispatch == "grouped" and hasattr(F, "grouped_mm"):
+        assert rows == [] and len(ends) == 3 and ends[0] == ends[1] == ends[2]
+        rows = torch.tensor(ends[0]).diff(prepend=torch.zeros(1, dtype=torch.int64)).tolist()
     assert sum(rows) == 20 * 3 and rows == moe.stats["load"].mul(60).round().int().tolist()
+
+
+def test_both_dispatches_give_the_same_outputs_and_gradients(monkeypatch):
+    x = torch.randn(2, 10, 32)
+    results = []
+    for loop in (False, True):
+        if loop:
+            monkeypatch.delattr(F, "grouped_mm", raising=False)
+        moe = moe_layer(**GROUPS)
+        moe(x).square().sum().backward()
+        results.append([moe(x).detach()] + [p.grad for p in moe.parameters()])
+    assert all(g is not None for g in results[0]) and all(g is not None for g in results[1])
+    for grouped, looped in zip(*results):  # the same sums in another order: float rounding
+        assert torch.allclose(grouped, looped, atol=1e-5, rtol=1e-4)
+    assert results[0][0].abs().max() > 0.1 and any(g.abs().max() > 0 for g in results[0][1:])
+
+
+def test_odd_sizes_and_compiling_loop_over_the_experts(monkeypatch):
+    calls = spy_on_grouped_mm(monkeypatch)
+    moe_layer(moe_hidden=6)(torch.randn(1, 4, 32))  # rows of 24 bytes: F.grouped_mm refuses them
+    assert calls == []
+    with monkeypatch.context() as compiling:
+        compiling.setattr(torch.compiler, "is_compiling", lambda: True)  # the graph cannot trace it in float32
+        moe_layer()(torch.randn(1, 4, 32))
+    assert calls == []
+    moe_layer()(torch.randn(1, 4, 32))  # the CPU in float32 at aligned sizes: the grouped matmul, three times
+    assert len(calls) == (3 if hasattr(F, "grouped_mm") else 0)
 
 
 def reference_seq_aux_loss(moe, x):
