@@ -223,7 +223,7 @@ def grouped_mm_dtype(x, *weights):
     """F.grouped_mm's dtype for the experts, or None to loop: x's on CPU, bf16 on CUDA 8.0+ under bf16 autocast."""
     bf16_gpu = x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
     dtype = x.dtype if x.device.type == "cpu" else torch.bfloat16 if bf16_gpu else None
-    if not hasattr(F, "grouped_mm") or dtype is None or (torch.compiler.is_compiling() and dtype != torch.bfloat16):
+    if not hasattr(F, "grouped_mm") or dtype is None:
         return None
     if x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 0):
         return None
@@ -239,6 +239,7 @@ class Experts(nn.Module):
         self.up = nn.Parameter(torch.randn(n_experts, hidden, n_embd) * 0.02)
         self.down = nn.Parameter(torch.randn(n_experts, n_embd, hidden) * 0.02 / math.sqrt(2 * n_layer))
 
+    @torch.compiler.disable  # eager under torch.compile: it traces F.grouped_mm in bf16 only, the loop not at all
     def forward(self, x, counts):
         """x (A, C): token copies sorted by expert, counts[e] rows for expert e -> (A, C)."""
         dtype = grouped_mm_dtype(x, self.gate, self.down)
@@ -279,7 +280,7 @@ class MoE(nn.Module):
         # assignment a is token a // k's choice a % k; a stable sort by expert lines up each expert's rows
         expert_of = experts.flatten()  # (N*k,)
         order = torch.argsort(expert_of, stable=True)
-        counts = kept = torch.bincount(expert_of, minlength=E)  # (E,)
+        counts = kept = expert_of.new_zeros(E).index_add_(0, expert_of, torch.ones_like(expert_of))  # (E,) static
         if self.config.capacity_factor > 0 and self.training:  # each expert keeps its first `capacity` tokens
             capacity = math.ceil(self.config.capacity_factor * N * k / E)
             first_row = counts.cumsum(0) - counts  # where each expert's rows begin in `order`
