@@ -187,20 +187,9 @@ class MoE(nn.Module):
         # assignment a is token a // k's choice a % k; a stable sort by expert lines up each expert's rows
         expert_of = experts.flatten()  # (N*k,)
         order = torch.argsort(expert_of, stable=True)
-        counts = torch.bincount(expert_of, minlength=E)  # (E,)
+        counts = expert_of.new_zeros(E).index_add_(0, expert_of, torch.ones_like(expert_of))  # (E,) static
         token = order // k  # (N*k,) the token of each sorted assignment
-        rows = x.index_select(0, token)  # (N*k, C): each expert's rows, one contiguous block per expert
-        w = self.experts[0].gate.weight  # (moe_hidden, C): F.grouped_mm wants rows of 16-byte multiples
-        if (x.device.type == "cpu" and hasattr(F, "grouped_mm") and not torch.compiler.is_compiling()
-                and x.dtype == w.dtype and all(n * w.element_size() % 16 == 0 for n in w.shape)):
-            ends = counts.cumsum(0).to(torch.int32)  # one matmul for all experts, their weights stacked (E, in, out)
-            gate, up, down = (torch.stack([getattr(e, n).weight for e in self.experts]).transpose(1, 2)
-                              for n in ("gate", "up", "down"))
-            y = F.grouped_mm(F.silu(F.grouped_mm(rows, gate, offs=ends)) * F.grouped_mm(rows, up, offs=ends), down,
-                             offs=ends)
-        else:  # a loop over the experts: on GPUs (not measured here), under torch.compile and for odd sizes
-            y = torch.cat([expert(r) for expert, r in zip(self.experts, rows.split(counts.tolist()))])
-        y = y * weights.view(-1, 1).index_select(0, order)
+        y = self.run_experts(x.index_select(0, token), counts) * weights.view(-1, 1).index_select(0, order)
         # the routed outputs (in float32, as the weights) are added into the shared ones in place
         out = self.shared(x).float() if self.shared is not None else torch.zeros(N, C, device=x.device)
         out.index_add_(0, token, y)
@@ -214,6 +203,20 @@ class MoE(nn.Module):
         if self.training and self.config.bias_update_rate > 0:
             self.counts = counts.float() if self.counts is None else self.counts + counts
         return out.view(B, T, C).type_as(x)
+
+    @torch.compiler.disable  # eager under torch.compile: it traces F.grouped_mm in bf16 only, the loop not at all
+    def run_experts(self, rows, counts):
+        """rows (N*k, C), counts[e] rows for expert e, in expert order -> each row through its expert (N*k, C)."""
+        w = self.experts[0].gate.weight  # (moe_hidden, C): F.grouped_mm wants rows of 16-byte multiples
+        if (rows.device.type == "cpu" and hasattr(F, "grouped_mm") and rows.dtype == w.dtype
+                and all(n * w.element_size() % 16 == 0 for n in w.shape)):
+            ends = counts.cumsum(0).to(torch.int32)  # one matmul for all experts, their weights stacked (E, in, out)
+            gate, up, down = (torch.stack([getattr(e, n).weight for e in self.experts]).transpose(1, 2)
+                              for n in ("gate", "up", "down"))
+            hidden = F.silu(F.grouped_mm(rows, gate, offs=ends)) * F.grouped_mm(rows, up, offs=ends)
+            return F.grouped_mm(hidden, down, offs=ends)
+        # a loop over the experts: on GPUs (not measured here) and for odd sizes
+        return torch.cat([expert(r) for expert, r in zip(self.experts, rows.split(counts.tolist()))])
 
     @torch.no_grad()
     def update_bias(self):
